@@ -1,0 +1,274 @@
+"""Run configuration: plain data, serialisable to JSON, hashed to name folders.
+
+The CLI, papermill parameters and the sweep grid all build the same
+:class:`RunConfig` through :func:`make_config`, so a run is identified by its
+config alone (plus :data:`reprolib.CODE_VERSION`).
+
+Worlds (``paper-protocol.md`` D11, ``mini-world.md``) fill in defaults; presets
+(``smoke``, ``quick``, ``full``) change sizes and counts only, never the protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, asdict
+from typing import Any
+
+from . import CODE_VERSION
+from .errors import ReproError
+
+WORLDS = ("mini", "paper")
+VAL_DIGIT_MODES = ("random", "correlated")
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+METHODS = ("kd", "at", "vid", "vkd", "subdistill")
+STUDENT_NORMS = ("standardize", "center")
+VID_VARIANCES = ("learned", "fixed")
+
+# Fashion-MNIST: T-shirt/top, Pullover, Dress, Coat, Shirt (mini-world.md).
+MINI_SUBTASK = (0, 2, 3, 4, 6)
+# ImageNet wading birds: spoonbill, flamingo, crane, limpkin, bustard (§1.1).
+PAPER_SUBTASK = (129, 130, 134, 135, 138)
+
+MINI_LAYER_PAIRS = (("layer1", "layer1"), ("layer2", "layer2"),
+                    ("layer3", "layer3"), ("layer4", "layer4"))
+# §2.3: resnet101 -> timm mobilenetv4_conv_small.
+MOBILENET_LAYER_PAIRS = (("layer1", "blocks.1.1"), ("layer2", "blocks.2.3"),
+                         ("layer3", "blocks.3.1"), ("layer4", "blocks.3.5"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Everything that decides which images (and which digits) a run sees."""
+
+    world: str = "mini"
+    subtask_classes: tuple[int, ...] = MINI_SUBTASK
+    # Images per subtask class in the distillation pool (train + val); None = all.
+    pool_per_class: int | None = 100
+    # Test images per class; None = all (the mini world has 1,000, ImageNet val 50).
+    test_per_class: int | None = None
+    train_fraction: float = 0.8          # D6, §1.2
+    val_fraction: float = 0.2
+    contamination_rate: float = 0.0      # rho, §1.4
+    val_digits: str = "random"           # D3: "random" (oracle) or "correlated"
+    artifact_size: int = 8               # side of the square patch, pixels
+    artifact_corner: str = "top-left"
+    artifact_source: str = "sklearn-digits"   # or "mnist"
+    image_size: int = 32
+    augment: bool = True
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One distillation run: data, models, method and recipe."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    preset: str = "quick"
+    method: str = "kd"
+    seed: int = 1
+    lambda_layer: float = 1.0
+    lambda_task: float = 0.0             # D6: no cross-entropy term
+    temperature: float = 4.0             # D6
+    teacher: str = "mini-teacher"
+    student: str = "mini-student"
+    layer_pairs: tuple[tuple[str, str], ...] = MINI_LAYER_PAIRS
+    epochs: int = 20
+    lr: float = 1e-3
+    lr_step: int = 5                     # StepLR(step, 0.5), per epoch (§5)
+    lr_gamma: float = 0.5
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    student_norm: str = "standardize"    # D1
+    vid_variance: str = "learned"        # D5
+    subspace_positions: int = 20         # §4.2
+    teacher_weights: str | None = None   # paper world: a file with torchvision weights
+    teacher_recipe: str = "standard"     # mini teacher: "standard", or "smoke" (tests only)
+
+    # -- identity ---------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+    def key(self) -> str:
+        """Hash of config + code version: stable, and sensitive to every field."""
+        payload = {"config": self.to_dict(), "code_version": CODE_VERSION}
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        d = dict(d)
+        data = DataConfig(**_tuplify(d.pop("data", {})))
+        d = _tuplify(d)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ReproError(f"unknown config field(s): {sorted(unknown)}")
+        return validate(cls(data=data, **d))
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        data_changes = {k: changes.pop(k) for k in list(changes)
+                        if k in {f.name for f in dataclasses.fields(DataConfig)}}
+        data = dataclasses.replace(self.data, **data_changes)
+        return validate(dataclasses.replace(self, data=data, **changes))
+
+
+# ---------------------------------------------------------------------------
+# Presets: sizes and counts per world. (pool_per_class / test_per_class are
+# data fields; epochs, lr_step, batch_size are recipe fields.)
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "mini": {
+        # Seconds; for tests and CI. Its numbers mean nothing.
+        "smoke": dict(pool_per_class=10, test_per_class=20, epochs=2, lr_step=1,
+                      batch_size=16, subspace_positions=8, teacher_recipe="smoke"),
+        # The book's default: minutes on 2 CPU cores (20 epochs, rate halved
+        # every 5: the paper's 100/25 scaled by 1/5).
+        "quick": dict(pool_per_class=100, test_per_class=None, epochs=20, lr_step=5,
+                      batch_size=32),
+        # The paper's recipe (§5): 100 epochs, halved every 25, batch 32.
+        "full": dict(pool_per_class=100, test_per_class=None, epochs=100, lr_step=25,
+                     batch_size=32),
+    },
+    "paper": {
+        "smoke": dict(pool_per_class=None, test_per_class=None, epochs=1, lr_step=1,
+                      batch_size=4, subspace_positions=4),
+        "quick": dict(pool_per_class=None, test_per_class=None, epochs=20, lr_step=5,
+                      batch_size=32),
+        "full": dict(pool_per_class=None, test_per_class=None, epochs=100, lr_step=25,
+                     batch_size=32),
+    },
+}
+
+WORLD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mini": dict(subtask_classes=MINI_SUBTASK, artifact_size=8, artifact_source="sklearn-digits",
+                 image_size=32, crop_scale=(0.5, 1.0), teacher="mini-teacher",
+                 student="mini-student", layer_pairs=MINI_LAYER_PAIRS),
+    # §1.3, §1.5, §2: 224 crops, 56 px MNIST tile, RandomResizedCrop default scale.
+    "paper": dict(subtask_classes=PAPER_SUBTASK, artifact_size=56, artifact_source="mnist",
+                  image_size=224, crop_scale=(0.08, 1.0), teacher="resnet101",
+                  student="mobilenetv4_conv_small", layer_pairs=MOBILENET_LAYER_PAIRS),
+}
+
+# The two teacher/student pairs of D11 for the paper world.
+PAPER_PAIRS = {
+    ("resnet101", "mobilenetv4_conv_small"): MOBILENET_LAYER_PAIRS,
+    ("resnet18", "resnet18-s"): MINI_LAYER_PAIRS,
+}
+
+
+def make_config(world: str = "mini", preset: str = "quick", **overrides: Any) -> RunConfig:
+    """Build a validated :class:`RunConfig` from a world, a preset and overrides.
+
+    Overrides may name any field of :class:`RunConfig` or :class:`DataConfig`
+    (``contamination_rate=1.0``, ``method="subdistill"``, ``pool_per_class=50``...).
+    """
+    if world not in WORLDS:
+        raise ReproError(f"unknown world {world!r}; choose one of {list(WORLDS)}")
+    if preset not in PRESETS[world]:
+        raise ReproError(f"unknown preset {preset!r}; choose one of {list(PRESETS[world])}")
+    values: dict[str, Any] = {}
+    values.update(WORLD_DEFAULTS[world])
+    values.update(PRESETS[world][preset])
+    # A user who changes the paper pair gets its layer map unless they give one.
+    if world == "paper" and "layer_pairs" not in overrides:
+        pair = (overrides.get("teacher", values["teacher"]), overrides.get("student", values["student"]))
+        if pair in PAPER_PAIRS:
+            values["layer_pairs"] = PAPER_PAIRS[pair]
+    values.update({k: v for k, v in overrides.items() if v is not None or k in _NULLABLE})
+    data_fields = {f.name for f in dataclasses.fields(DataConfig)}
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)} - {"data"}
+    unknown = set(values) - data_fields - run_fields
+    if unknown:
+        raise ReproError(f"unknown config field(s): {sorted(unknown)}; "
+                         f"valid: {sorted(data_fields | run_fields)}")
+    data = DataConfig(world=world, **_tuplify({k: v for k, v in values.items() if k in data_fields}))
+    run = RunConfig(data=data, preset=preset,
+                    **_tuplify({k: v for k, v in values.items() if k in run_fields}))
+    return validate(run)
+
+
+_NULLABLE = {"pool_per_class", "test_per_class", "teacher_weights"}
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Raise :class:`ReproError` naming the problem and the fix, else return ``cfg``."""
+    d = cfg.data
+    if d.world not in WORLDS:
+        raise ReproError(f"unknown world {d.world!r}; choose one of {list(WORLDS)}")
+    rho = d.contamination_rate
+    if not isinstance(rho, (int, float)) or math.isnan(rho) or not 0.0 <= rho <= 1.0:
+        raise ReproError(f"contamination rate rho={rho!r} is outside [0, 1]; "
+                         "give a fraction such as 0, 0.5 or 1")
+    if d.val_digits not in VAL_DIGIT_MODES:
+        raise ReproError(f"val_digits={d.val_digits!r}; choose one of {list(VAL_DIGIT_MODES)}")
+    if d.artifact_corner not in CORNERS:
+        raise ReproError(f"artifact_corner={d.artifact_corner!r}; choose one of {list(CORNERS)}")
+    if not isinstance(d.artifact_size, int) or d.artifact_size < 1:
+        raise ReproError(f"artifact_size={d.artifact_size!r} must be a positive number of pixels")
+    if d.artifact_size > d.image_size:
+        raise ReproError(f"the artifact ({d.artifact_size} px) is larger than the image "
+                         f"({d.image_size} px); choose artifact_size <= {d.image_size}")
+    n_classes = 10 if d.world == "mini" else 1000
+    sub = tuple(d.subtask_classes)
+    if len(sub) < 2:
+        raise ReproError(f"subtask_classes={sub} needs at least two classes")
+    if len(set(sub)) != len(sub):
+        raise ReproError(f"subtask_classes={sub} repeats a class; list each class once")
+    bad = [c for c in sub if not isinstance(c, int) or not 0 <= c < n_classes]
+    if bad:
+        raise ReproError(f"subtask classes {bad} are out of range for the {d.world} world "
+                         f"(valid: 0..{n_classes - 1})")
+    if len(sub) > 10:
+        raise ReproError("the artifact protocol has digits 0-9 only: use at most 10 subtask classes")
+    for name in ("pool_per_class", "test_per_class"):
+        v = getattr(d, name)
+        if v is not None and (not isinstance(v, int) or v < 2):
+            raise ReproError(f"{name}={v!r} must be an integer >= 2 (or None for all images)")
+    if not 0.0 < d.train_fraction <= 1.0 - d.val_fraction + 1e-9 or not 0.0 < d.val_fraction < 1.0:
+        raise ReproError(f"train_fraction={d.train_fraction} and val_fraction={d.val_fraction} "
+                         "must be positive and sum to at most 1")
+    lo, hi = d.crop_scale
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ReproError(f"crop_scale={d.crop_scale} must satisfy 0 < low <= high <= 1")
+    if cfg.method not in METHODS:
+        raise ReproError(f"unknown method {cfg.method!r}; valid methods: {', '.join(METHODS)}")
+    for name in ("lambda_layer", "lambda_task"):
+        v = getattr(cfg, name)
+        if not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v) or v < 0:
+            raise ReproError(f"{name}={v!r} must be a finite number >= 0")
+    if cfg.temperature <= 0:
+        raise ReproError(f"temperature={cfg.temperature} must be > 0")
+    if cfg.student_norm not in STUDENT_NORMS:
+        raise ReproError(f"student_norm={cfg.student_norm!r}; choose one of {list(STUDENT_NORMS)}")
+    if cfg.vid_variance not in VID_VARIANCES:
+        raise ReproError(f"vid_variance={cfg.vid_variance!r}; choose one of {list(VID_VARIANCES)}")
+    for name in ("epochs", "batch_size", "lr_step", "subspace_positions"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or v < 1:
+            raise ReproError(f"{name}={v!r} must be a positive integer")
+    if cfg.lr <= 0:
+        raise ReproError(f"lr={cfg.lr} must be > 0")
+    if not cfg.layer_pairs and cfg.method != "kd":
+        raise ReproError(f"method {cfg.method!r} needs at least one layer pair")
+    if cfg.method == "kd" and cfg.lambda_layer != 0.0:
+        # Output-only KD has no layer term: one config (one run) whatever λ is given.
+        cfg = dataclasses.replace(cfg, lambda_layer=0.0)
+    return cfg
+
+
+def _tuplify(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, list):
+            v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        out[k] = v
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

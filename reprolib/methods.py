@@ -1,0 +1,374 @@
+"""The five distillation methods of P1 (``paper-protocol.md`` §3, §4.4–4.6).
+
+A method is a module with a *teacher transform*, a *student transform* and a
+*criterion* (one scalar per layer pair). Spatial alignment (§2.3) comes first:
+the teacher map is pooled inside :meth:`DistillMethod.teacher_transform` (run
+under ``no_grad``, cacheable) and a larger student map inside
+:meth:`DistillMethod.student_transform`. Learned parts are submodules, so
+``method.parameters()`` is exactly what the optimiser adds to the student's.
+
+The objective (§3.0) is ``L = λ_task·CE + KD + λ_layer·Σ_l L_l``; see
+:func:`total_loss`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import orthogonal
+
+from .errors import ReproError
+
+Shape = Sequence[int]  # (C, H, W)
+
+VID_EPS = 1e-5
+VID_INIT_VARIANCE = 5.0
+
+
+# ---------------------------------------------------------------- pure functions
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            temperature: float = 4.0) -> torch.Tensor:
+    """Output-only KD (Hinton et al. 2015; §3.0, ``previous_works/kd.py``).
+
+    ``T² · (1/B) Σ_b KL(softmax(z^T_b/T) ‖ softmax(z^S_b/T))``, over the subtask
+    logits only. Paper and code agree; T = 4 fixed (D6).
+    """
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1),
+                    F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
+def common_size(teacher_hw: Shape, student_hw: Shape) -> tuple[int, int]:
+    """The spatial size both maps of a pair are pooled to: the smaller one (§2.3)."""
+    t, s = tuple(int(v) for v in teacher_hw), tuple(int(v) for v in student_hw)
+    if t == s:
+        return t
+    if t[0] >= s[0] and t[1] >= s[1]:
+        big, small = t, s
+    elif t[0] <= s[0] and t[1] <= s[1]:
+        big, small = s, t
+    else:
+        big = small = None
+    if big is None or min(small) < 1 or big[0] % small[0] or big[1] % small[1]:
+        raise ReproError(
+            f"cannot match the spatial sizes of teacher map {t[0]}×{t[1]} and student map "
+            f"{s[0]}×{s[1]}: the larger map must be an integer multiple of the smaller on both "
+            "sides; pick another layer pair (e.g. a teacher layer of the same or a multiple size)")
+    return small
+
+
+def _pool(f: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    return f if tuple(f.shape[-2:]) == tuple(size) else F.adaptive_avg_pool2d(f, tuple(size))
+
+
+def align_spatial(teacher_map: torch.Tensor, student_map: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pool the larger map to the smaller size with adaptive average pooling (§2.3).
+
+    Code: ``LayerPolicy.align_spatial_dimensions`` (the paper is silent). The
+    teacher's μ and α come from unpooled maps while its target is pooled (A11).
+    """
+    size = common_size(teacher_map.shape[-2:], student_map.shape[-2:])
+    return _pool(teacher_map, size), _pool(student_map, size)
+
+
+def attention_map(f: torch.Tensor) -> torch.Tensor:
+    """AT's attention map (§3.2): ``vec(mean_c F_c²) / ‖·‖₂`` per sample, shape (B, H·W).
+
+    p = 2 and F.normalize's eps 1e-12, as in the official AT code and the authors'.
+    """
+    return F.normalize(f.pow(2).mean(dim=1).flatten(1), dim=1, eps=1e-12)
+
+
+# ---------------------------------------------------------------- the abstraction
+
+class DistillMethod(nn.Module):
+    """Base class: teacher transform, student transform, criterion per layer pair.
+
+    Subclasses override the per-pair hooks :meth:`teacher_one`,
+    :meth:`student_one` and :meth:`pair_loss`; spatial pooling is done here.
+    """
+
+    uses_layers = True
+
+    def __init__(self, teacher_shapes: Sequence[Shape] = (), student_shapes: Sequence[Shape] = ()):
+        super().__init__()
+        if len(teacher_shapes) != len(student_shapes):
+            raise ReproError(f"{len(teacher_shapes)} teacher layers but {len(student_shapes)} "
+                             "student layers; give one teacher and one student layer per pair")
+        for shape in (*teacher_shapes, *student_shapes):
+            if len(shape) != 3:
+                raise ReproError(f"layer shape {tuple(shape)} is not (C, H, W); pass the feature "
+                                 "shape without the batch dimension")
+        self.teacher_shapes = [tuple(int(v) for v in s) for s in teacher_shapes]
+        self.student_shapes = [tuple(int(v) for v in s) for s in student_shapes]
+        self.sizes = [common_size(t[1:], s[1:])
+                      for t, s in zip(self.teacher_shapes, self.student_shapes)]
+
+    def teacher_one(self, i: int, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def student_one(self, i: int, s: torch.Tensor) -> torch.Tensor:
+        return s
+
+    def pair_loss(self, i: int, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def teacher_transform(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Deterministic, depends only on teacher features (the trainer may cache it)."""
+        self._check_count(feats)
+        return [self.teacher_one(i, _pool(f, hw)) for i, (f, hw) in enumerate(zip(feats, self.sizes))]
+
+    def student_transform(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        self._check_count(feats)
+        return [self.student_one(i, _pool(f, hw)) for i, (f, hw) in enumerate(zip(feats, self.sizes))]
+
+    def criterion(self, s_list: Sequence[torch.Tensor], t_list: Sequence[torch.Tensor]
+                  ) -> list[torch.Tensor]:
+        return [self.pair_loss(i, s, t) for i, (s, t) in enumerate(zip(s_list, t_list))]
+
+    def layer_losses(self, student_feats: Sequence[torch.Tensor],
+                     teacher_feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        with torch.no_grad():
+            # detach: an identity transform would otherwise hand back the caller's tensor.
+            t_list = [t.detach() for t in self.teacher_transform(teacher_feats)]
+        return self.criterion(self.student_transform(student_feats), t_list)
+
+    def _check_count(self, feats: Sequence[torch.Tensor]) -> None:
+        if len(feats) != len(self.sizes):
+            raise ReproError(f"{type(self).__name__} was built for {len(self.sizes)} layer pairs "
+                             f"but got {len(feats)} feature maps")
+
+
+class KD(DistillMethod):
+    """Output-only KD (§3.1): the objective is :func:`kd_loss` alone; no layer term."""
+
+    uses_layers = False
+
+    def layer_losses(self, student_feats, teacher_feats) -> list[torch.Tensor]:
+        return []
+
+
+class AttentionTransfer(DistillMethod):
+    """Attention transfer (Zagoruyko & Komodakis 2017; §3.2, ``attention_transfer.py``).
+
+    ``L_l = (1/(B·HW)) Σ_b ‖A(F^T_b) − A(F^S_b)‖²`` with :func:`attention_map`.
+    Paper vs code: the AT paper uses a non-squared p-norm with β = 10³/(HW·B);
+    the official code (and the authors') the mean squared difference, used
+    here (A12).
+    """
+
+    def teacher_one(self, i, t):
+        return attention_map(t)
+
+    def student_one(self, i, s):
+        return attention_map(s)
+
+    def pair_loss(self, i, s, t):
+        return (s - t).pow(2).mean()
+
+
+class _VIDLayer(nn.Module):
+    def __init__(self, c_s: int, c_t: int, learned: bool):
+        super().__init__()
+        self.regressor = nn.Sequential(
+            nn.Conv2d(c_s, c_t, 1, bias=False), nn.ReLU(),
+            nn.Conv2d(c_t, c_t, 1, bias=False), nn.ReLU(),
+            nn.Conv2d(c_t, c_t, 1, bias=False))
+        # softplus(alpha) + eps = 5.0 at init (the VID paper's initial variance).
+        alpha = torch.full((c_t,), math.log(math.expm1(VID_INIT_VARIANCE - VID_EPS)))
+        if learned:
+            self.alpha = nn.Parameter(alpha)
+        else:
+            self.register_buffer("alpha", alpha)
+
+    def variance(self) -> torch.Tensor:
+        return F.softplus(self.alpha) + VID_EPS
+
+
+class VID(DistillMethod):
+    """Variational information distillation (Ahn et al. 2019; §3.3, ``vid.py``).
+
+    ``L_l = mean_{b,c,h,w} ½[(μ(F^S) − F^T)²/σ_c² + log σ_c²]``, μ a bias-free
+    1×1-conv regressor C_S→C_T→C_T→C_T with ReLUs, σ_c² = softplus(α_c) + 1e-5.
+    Paper vs code (A5, D5): the method learns σ² (default ``"learned"``); the
+    authors' GPU runs kept σ² = 5 by accident (``"fixed"``, a buffer).
+    """
+
+    def __init__(self, teacher_shapes, student_shapes, vid_variance: str = "learned"):
+        super().__init__(teacher_shapes, student_shapes)
+        if vid_variance not in ("learned", "fixed"):
+            raise ReproError(f"unknown vid_variance {vid_variance!r}; choose 'learned' or 'fixed'")
+        self.vid_variance = vid_variance
+        self.layers = nn.ModuleList(_VIDLayer(s[0], t[0], vid_variance == "learned")
+                                    for t, s in zip(self.teacher_shapes, self.student_shapes))
+
+    def student_one(self, i, s):
+        return self.layers[i].regressor(s)
+
+    def pair_loss(self, i, s, t):
+        var = self.layers[i].variance().view(1, -1, 1, 1)
+        return 0.5 * ((s - t).pow(2) / var + var.log()).mean()
+
+
+class VkD(DistillMethod):
+    """V_kD (Miles, Elezi & Deng 2024; §3.4, ``vkd.py``), per layer pair.
+
+    ``L_l = SmoothL1_β=1(P·ḡ(F^S), LN(ḡ(F^T)))``, mean over B·C_T; ḡ global
+    average pooling, P (C_T×C_S) with orthonormal columns (torch's orthogonal
+    parametrisation; Householder for non-square P), LN without affine, eps 1e-5.
+    Paper vs code (A12): the original applies it to the final embedding; the
+    authors (and we) apply it at every layer pair.
+
+    Caution: torch's Householder map reads the ±1 diagonal of its free matrix
+    with ``.int()``; weight decay shrinks it below 1 and P collapses to zero.
+    Train with weight_decay = 0 (§5) or exclude these parameters from decay.
+    """
+
+    def __init__(self, teacher_shapes, student_shapes):
+        super().__init__(teacher_shapes, student_shapes)
+        self.projectors = nn.ModuleList(orthogonal(nn.Linear(s[0], t[0], bias=False))
+                                        for t, s in zip(self.teacher_shapes, self.student_shapes))
+
+    def teacher_one(self, i, t):
+        g = t.mean(dim=(2, 3))
+        return F.layer_norm(g, g.shape[1:], eps=1e-5)
+
+    def student_one(self, i, s):
+        return self.projectors[i](s.mean(dim=(2, 3)))
+
+    def pair_loss(self, i, s, t):
+        return F.smooth_l1_loss(s, t, beta=1.0)
+
+
+class _Center(nn.Module):
+    """Subtract the per-channel batch mean (train) or the running mean (eval); no scaling."""
+
+    def __init__(self, channels: int, momentum: float = 0.1):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(channels))
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            m = s.mean(dim=(0, 2, 3))
+            with torch.no_grad():
+                self.running_mean.lerp_(m.detach(), self.momentum)
+        else:
+            m = self.running_mean
+        return s - m.view(1, -1, 1, 1)
+
+
+class _SubDistillLayer(nn.Module):
+    def __init__(self, subspace, student_norm: str):
+        super().__init__()
+        k = subspace.basis.shape[1]
+        # Constants of §4.4: not trained, not checkpointed, moved by .to().
+        self.register_buffer("basis", subspace.basis.detach().float().clone(), persistent=False)
+        self.register_buffer("mean", subspace.mean.detach().float().clone(), persistent=False)
+        self.alpha = float(subspace.alpha)
+        if student_norm == "standardize":
+            self.norm = nn.BatchNorm2d(k, eps=1e-5, momentum=0.1, affine=False)
+        else:
+            self.norm = _Center(k)
+        self.rotation = orthogonal(nn.Linear(k, k, bias=False))
+
+
+class SubDistill(DistillMethod):
+    """SubDistill (P2; §3.5, §4.4–4.6, ``ours.py::OrthogonalBasisCenterRotationV2Policy``).
+
+    ``L_l = (1/B) Σ_b (1/(|Ω|·α_l)) Σ_p ‖V ŝ_{b,p} − U_Kᵀ(P(t)_{b,p} − μ)‖²``
+    with U_K, μ, α_l fixed (:mod:`reprolib.subspace`) and V ∈ O(K) learned
+    (torch's orthogonal parametrisation: random-QR V₀, exp map; D7).
+    Paper vs code (A1, D1): the paper centres the student (``"center"``); the
+    code standardises it with batch statistics, BatchNorm without affine
+    (``"standardize"``, default). In eval mode (validation logging only) our
+    BatchNorm uses its running mean and variance; the authors' divides by
+    √(1 + eps) instead. Training is identical.
+    """
+
+    def __init__(self, teacher_shapes, student_shapes, subspaces, student_norm: str = "standardize"):
+        super().__init__(teacher_shapes, student_shapes)
+        if student_norm not in ("standardize", "center"):
+            raise ReproError(f"unknown student_norm {student_norm!r}; choose 'standardize' or 'center'")
+        if subspaces is None or len(subspaces) != len(self.teacher_shapes):
+            n = "none" if subspaces is None else len(subspaces)
+            raise ReproError(f"subdistill needs one relevant subspace per layer pair "
+                             f"({len(self.teacher_shapes)}), got {n}; fit them with "
+                             "reprolib.subspace.fit_relevant_subspaces (or load_subspaces)")
+        for i, (sub, t, s) in enumerate(zip(subspaces, self.teacher_shapes, self.student_shapes)):
+            d, k = sub.basis.shape
+            if d != t[0] or k != s[0]:
+                raise ReproError(f"layer pair {i}: the subspace basis is {d}×{k} but the teacher has "
+                                 f"{t[0]} channels and the student {s[0]}; refit the subspace with "
+                                 f"K = {s[0]} on the teacher layer with {t[0]} channels")
+        self.student_norm = student_norm
+        self.layers = nn.ModuleList(_SubDistillLayer(sub, student_norm) for sub in subspaces)
+
+    def teacher_one(self, i, t):
+        layer = self.layers[i]
+        return torch.einsum("bdhw,dk->bkhw", t - layer.mean.view(1, -1, 1, 1), layer.basis)
+
+    def student_one(self, i, s):
+        layer = self.layers[i]
+        return torch.einsum("jk,bkhw->bjhw", layer.rotation.weight, layer.norm(s))
+
+    def pair_loss(self, i, s, t):
+        b, _, h, w = s.shape
+        return (s - t).pow(2).sum() / (b * h * w * self.layers[i].alpha)
+
+
+# ---------------------------------------------------------------- registry and objective
+
+METHODS = {"kd": KD, "at": AttentionTransfer, "vid": VID, "vkd": VkD, "subdistill": SubDistill}
+
+
+def build_method(name: str, teacher_shapes: Sequence[Shape], student_shapes: Sequence[Shape], *,
+                 student_norm: str = "standardize", vid_variance: str = "learned",
+                 subspaces=None) -> DistillMethod:
+    """The method registered as ``name`` for the given (C, H, W) shapes per layer pair."""
+    if name not in METHODS:
+        raise ReproError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    if name == "kd":
+        return KD()
+    if name == "vid":
+        return VID(teacher_shapes, student_shapes, vid_variance=vid_variance)
+    if name == "subdistill":
+        return SubDistill(teacher_shapes, student_shapes, subspaces, student_norm=student_norm)
+    return METHODS[name](teacher_shapes, student_shapes)
+
+
+def total_loss(kd_term: torch.Tensor, layer_terms: Sequence[torch.Tensor], lambda_layer: float,
+               ce_term: torch.Tensor | None = None, lambda_task: float = 0.0
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """``L = λ_task·CE + KD + λ_layer·Σ_l L_l`` (§3.0; λ_kd = 1, λ_task = 0 in P1).
+
+    Returns the scalar and the named terms as floats (for logging and
+    :func:`check_finite`).
+    """
+    if lambda_task and ce_term is None:
+        raise ReproError("lambda_task > 0 but no cross-entropy term was given; pass ce_term "
+                         "or set lambda_task = 0 (P1 never trains on labels)")
+    layer_sum = sum(layer_terms, kd_term.new_zeros(()))
+    total = kd_term + lambda_layer * layer_sum
+    terms = {"kd": kd_term, "layer": layer_sum}
+    terms.update({f"layer_{i}": v for i, v in enumerate(layer_terms)})
+    if ce_term is not None:
+        total = total + lambda_task * ce_term
+        terms["ce"] = ce_term
+    terms["total"] = total
+    return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+def check_finite(terms: dict[str, float], step: int) -> None:
+    """Raise a :class:`ReproError` naming the first NaN/inf loss term and the step."""
+    for name, value in terms.items():
+        if not math.isfinite(float(value)):
+            raise ReproError(f"loss term {name} became NaN/inf at step {step}; lower the learning "
+                             "rate or lambda_layer, or check the inputs and features for NaN/inf")

@@ -1,0 +1,185 @@
+"""The teacher: the mini world's foundation model (trained once, cached), or the
+paper world's pretrained torchvision ResNet.
+
+The mini teacher plays ImageNet-pretrained ResNet-101's role: it is trained on
+all ten clean Fashion-MNIST classes (never a digit), with the same kind of
+augmentation as its students (random resized crop + flip, as ImageNet models
+are trained), and then frozen. Its cache is keyed by its config and
+:data:`reprolib.CODE_VERSION`; a second call loads it in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import CODE_VERSION
+from .config import RunConfig
+from .data import MINI_MEAN, MINI_STD, load_fashion_mnist, normalize, pad_to, random_resized_crop
+from .errors import ReproError
+from .io import cache_dir, read_json, torch_save, write_json
+from .models import FrozenTeacher, load_paper_teacher, mini_teacher
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Recipe of the mini foundation teacher."""
+
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    augment: bool = True
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    image_size: int = 32
+    train_subset: int | None = None   # the first N training images; None = all 60,000
+
+    def key(self) -> str:
+        text = json.dumps({"cfg": dataclasses.asdict(self), "code": CODE_VERSION}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# The "smoke" recipe is for tests and CI only: a teacher in seconds, numbers meaningless.
+TEACHER_RECIPES = {
+    "standard": TeacherConfig(),
+    "smoke": TeacherConfig(epochs=1, train_subset=3000, batch_size=64),
+}
+
+
+def recipe(name: str, image_size: int = 32) -> TeacherConfig:
+    if name not in TEACHER_RECIPES:
+        raise ReproError(f"unknown teacher recipe {name!r}; choose one of {list(TEACHER_RECIPES)}")
+    return dataclasses.replace(TEACHER_RECIPES[name], image_size=image_size)
+
+
+def teacher_dir(tcfg: TeacherConfig) -> Path:
+    return cache_dir("teachers") / f"mini-{tcfg.key()}"
+
+
+@torch.no_grad()
+def evaluate_10class(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     batch_size: int = 500) -> torch.Tensor:
+    """Predictions of a 10-class model on normalised images."""
+    model.eval()
+    preds = [model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
+    return torch.cat(preds)
+
+
+def train_mini_teacher(tcfg: TeacherConfig = TeacherConfig(), *, progress: bool = True,
+                       force: bool = False) -> tuple[torch.nn.Module, dict]:
+    """Train (or load) the mini teacher; return the 10-class model and its manifest."""
+    folder = teacher_dir(tcfg)
+    ckpt, manifest_path = folder / "teacher.pt", folder / "manifest.json"
+    if not force and ckpt.is_file() and manifest_path.is_file():
+        try:
+            model = mini_teacher(10)
+            model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+            manifest = read_json(manifest_path)
+            manifest["cached"] = True
+            return model.eval(), manifest
+        except Exception as e:  # noqa: BLE001 - a corrupt cache is retrained, and we say so
+            print(f"teacher cache {folder} is unreadable ({e}); retraining")
+    from tqdm.auto import tqdm
+
+    start = time.time()
+    torch.manual_seed(tcfg.seed)
+    fm = load_fashion_mnist()
+    n = tcfg.train_subset or len(fm["train_x"])
+    x_train = pad_to(fm["train_x"][:n], tcfg.image_size).unsqueeze(1).float() / 255.0
+    y_train = fm["train_y"][:n].long()
+    x_test = normalize(pad_to(fm["test_x"], tcfg.image_size).unsqueeze(1).float() / 255.0, MINI_MEAN, MINI_STD)
+    y_test = fm["test_y"].long()
+    model = mini_teacher(10)
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    steps = tcfg.epochs * (len(x_train) // tcfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg.lr, total_steps=steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(tcfg.seed)
+    bar = tqdm(total=steps, desc="mini teacher", disable=not progress, unit="step")
+    for _epoch in range(tcfg.epochs):
+        model.train()
+        order = torch.randperm(len(x_train), generator=gen)
+        for s in range(len(x_train) // tcfg.batch_size):
+            idx = order[s * tcfg.batch_size:(s + 1) * tcfg.batch_size]
+            xb = x_train[idx]
+            if tcfg.augment:
+                xb = random_resized_crop(xb, tcfg.crop_scale, gen)
+            loss = F.cross_entropy(model(normalize(xb, MINI_MEAN, MINI_STD)), y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    seconds = time.time() - start
+    model.eval()
+    pred = evaluate_10class(model, x_test, y_test)
+    manifest = {
+        "config": dataclasses.asdict(tcfg),
+        "code_version": CODE_VERSION,
+        "torch": torch.__version__,
+        "accuracy_10class": float((pred == y_test).float().mean()),
+        "train_seconds": seconds,
+        "threads": torch.get_num_threads(),
+    }
+    torch_save(model.state_dict(), ckpt)
+    write_json(manifest_path, manifest)   # last: its presence marks a complete cache
+    manifest["cached"] = False
+    return model, manifest
+
+
+@torch.no_grad()
+def subtask_accuracy_mini(model: torch.nn.Module, classes: tuple[int, ...]) -> float:
+    """5-way accuracy of the restricted logits on all subtask test images (clean)."""
+    fm = load_fashion_mnist()
+    y = fm["test_y"].numpy()
+    keep = np.flatnonzero(np.isin(y, classes))
+    x = normalize(pad_to(fm["test_x"][keep], 32).unsqueeze(1).float() / 255.0, MINI_MEAN, MINI_STD)
+    lut = {c: i for i, c in enumerate(classes)}
+    target = torch.tensor([lut[int(c)] for c in y[keep]])
+    teacher = FrozenTeacher(model, classes)
+    pred = torch.cat([teacher(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])
+    return float((pred == target).float().mean())
+
+
+def teacher_report(tcfg: TeacherConfig = TeacherConfig(), progress: bool = True,
+                   classes: tuple[int, ...] = (0, 2, 3, 4, 6)) -> dict:
+    """What ``python -m reprolib teacher --world mini`` prints."""
+    start = time.time()
+    model, manifest = train_mini_teacher(tcfg, progress=progress)
+    return {
+        "accuracy_10class": manifest["accuracy_10class"],
+        "accuracy_subtask": subtask_accuracy_mini(model, classes),
+        "train_seconds": manifest["train_seconds"],
+        "seconds": time.time() - start,
+        "cached": manifest["cached"],
+        "path": str(teacher_dir(tcfg)),
+        "code_version": manifest["code_version"],
+    }
+
+
+def build_teacher(cfg: RunConfig, progress: bool = True) -> FrozenTeacher:
+    """The frozen, subtask-restricted teacher of a run."""
+    if cfg.teacher == "mini-teacher":
+        if cfg.data.world != "mini":
+            raise ReproError("the mini teacher expects the mini world's 1-channel 32 px images")
+        model, _ = train_mini_teacher(recipe(cfg.teacher_recipe, cfg.data.image_size), progress=progress)
+    elif cfg.teacher in ("resnet101", "resnet18"):
+        model = load_paper_teacher(cfg.teacher, cfg.teacher_weights)
+    elif Path(cfg.teacher).suffix in (".pt", ".pth") and Path(cfg.teacher).is_file():
+        # A user's own teacher: a whole pickled nn.Module saved with torch.save(model).
+        model = torch.load(cfg.teacher, map_location="cpu", weights_only=False)
+        if not isinstance(model, torch.nn.Module):
+            raise ReproError(f"{cfg.teacher} does not hold a pickled torch.nn.Module")
+    else:
+        raise ReproError(f"unknown teacher {cfg.teacher!r}; choose mini-teacher, resnet101, resnet18 "
+                         "or the path of a file saved with torch.save(model)")
+    return FrozenTeacher(model, cfg.data.subtask_classes)
