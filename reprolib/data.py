@@ -372,15 +372,21 @@ class MiniWorld(World):
         self._fixed: dict[str, tuple] = {}
 
     def pixels(self, split: str, rows: np.ndarray | None = None, augment: bool = False,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images of a split in pixel space with their digits, optionally augmented."""
+               generator: torch.Generator | None = None, with_digit: bool = True) -> torch.Tensor:
+        """Images of a split in pixel space ([0, 1]) with their digits (or, with
+        ``with_digit=False``, the same images clean), optionally augmented."""
         p = self.plans[split]
         rows = np.arange(len(p.labels)) if rows is None else np.asarray(rows)
         src = self._test_x if split == "test" else self._pool_x
         x = src[torch.from_numpy(p.pool_index[rows])]
         if augment:
             x = random_resized_crop(x, tuple(self.cfg.crop_scale), generator)
+        if not with_digit:
+            return x
         return art.paste(x, p.plan.patches(self.bank, rows), p.plan.has_digit[rows], self.cfg.artifact_corner)
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, self.mean, self.std)
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The whole split with the evaluation transform: (x, y, digit), cached."""
@@ -479,6 +485,17 @@ class PaperWorld(World):
     def dataset(self, split: str) -> torch.utils.data.Dataset:
         return _PaperSplit(self, split)
 
+    def pixels(self, split: str, rows: np.ndarray | None = None, augment: bool = False,
+               generator: torch.Generator | None = None, with_digit: bool = True) -> torch.Tensor:
+        """Images of a split in pixel space ([0, 1]), evaluation transform unless
+        ``augment``, with their digits unless ``with_digit=False``."""
+        ds = _PaperSplit(self, split, augment=augment)
+        rows = np.arange(len(ds)) if rows is None else np.asarray(rows)
+        return torch.stack([ds.pixels(int(r), with_digit) for r in rows])
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, self.mean, self.std)
+
     def batches(self, split, batch_size, *, shuffle=False, generator=None, drop_last=False):
         if split not in SPLITS:
             raise ReproError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
@@ -489,27 +506,34 @@ class PaperWorld(World):
 
 
 class _PaperSplit(torch.utils.data.Dataset):
-    def __init__(self, world: PaperWorld, split: str):
+    def __init__(self, world: PaperWorld, split: str, augment: bool | None = None):
         self.world, self.split = world, split
         self.plan = world.plans[split]
         self.files = world.files["test" if split == "test" else "pool"]
-        self.tf = world.transform(augment=(split == "train" and world.cfg.augment))
+        if augment is None:
+            augment = split == "train" and world.cfg.augment
+        self.tf = world.transform(augment=augment)
 
     def __len__(self) -> int:
         return len(self.plan.labels)
 
-    def __getitem__(self, r: int):
+    def pixels(self, r: int, with_digit: bool = True) -> torch.Tensor:
         from PIL import Image
 
         with Image.open(self.files[self.plan.pool_index[r]]) as img:
             x = self.tf(img.convert("RGB"))
-        # §1.3 step 2: the contaminated image is quantised to 8 bits.
+        # §1.3 step 2 quantises contaminated images to 8 bits; we quantise every
+        # image, so that clean and contaminated images differ only by the patch.
         x = torch.floor(x * 255 + 1e-4).clamp(0, 255) / 255
+        if not with_digit:
+            return x
         p = self.plan.plan
-        x = art.paste(x.unsqueeze(0), p.patches(self.world.bank, [r]), p.has_digit[[r]],
-                      self.world.cfg.artifact_corner)
-        x = normalize(x, self.world.mean, self.world.std)[0]
-        return x, int(self.plan.labels[r]), int(p.digit[r])
+        return art.paste(x.unsqueeze(0), p.patches(self.world.bank, [r]), p.has_digit[[r]],
+                         self.world.cfg.artifact_corner)[0]
+
+    def __getitem__(self, r: int):
+        x = normalize(self.pixels(r).unsqueeze(0), self.world.mean, self.world.std)[0]
+        return x, int(self.plan.labels[r]), int(self.plan.plan.digit[r])
 
 
 def build_world(cfg: DataConfig, seed: int, **kwargs) -> World:

@@ -14,6 +14,11 @@ Composite (§6.4): zennit's ``EpsilonGammaBox`` layout with ``ResNetCanonizer``:
 ZBox on the first convolution (bounds = the normalised images of pixel values 0
 and 1), Gamma (γ = 1 by default) on every other convolution, Epsilon (ε = 1e-6)
 on linear layers, ReLU passed through, sums and average pooling normalised.
+By default the Gamma rule is computed by :class:`PostReLUGamma`: the same rule as
+zennit's generalized ``Gamma``, in two modified passes instead of five, which is
+exact for the non-negative (post-ReLU) inputs that every convolution after the
+first sees in a ResNet (it falls back to zennit's ``Gamma`` otherwise);
+``fast_gamma=False`` uses zennit's ``Gamma`` itself. A test checks they agree.
 
 Only models with a *verified* canonizer are explained: :class:`~reprolib.models.BlockResNet`,
 torchvision ``ResNet`` and a :class:`~reprolib.models.FrozenTeacher` around either.
@@ -44,8 +49,8 @@ from torch import nn
 from zennit.attribution import Gradient
 from zennit.canonizers import Canonizer, MergeBatchNorm
 from zennit.composites import EpsilonGammaBox, LayerMapComposite, layer_map_base
-from zennit.core import Composite
-from zennit.rules import Epsilon
+from zennit.core import BasicHook, Composite, Stabilizer
+from zennit.rules import Epsilon, Gamma, GammaMod
 from zennit.torchvision import ResNetCanonizer
 from zennit.types import BatchNorm, Convolution
 
@@ -55,7 +60,7 @@ from .models import BlockResNet, FrozenTeacher
 RULES = ("epsilon_gamma_box", "epsilon")
 
 __all__ = [
-    "RULES", "box_bounds", "verified_canonizers", "build_composite", "logit_gap_seed",
+    "RULES", "PostReLUGamma", "box_bounds", "verified_canonizers", "build_composite", "logit_gap_seed",
     "logit_gap", "logit_gap_relevance", "relevance_correlation", "digit_share", "summarize",
 ]
 
@@ -144,6 +149,45 @@ def _check_canonized(model: nn.Module, composite: Composite) -> None:
 # ---------------------------------------------------------------------------
 # composite
 
+class PostReLUGamma(BasicHook):
+    """zennit's generalized Gamma rule, specialised to non-negative inputs.
+
+    For ``x ≥ 0`` zennit's ``Gamma`` (five modified forward passes) reduces to
+    ``R_i = x_i (w_ij + γ w_ij⁺) R_j / z_j⁺`` for outputs with ``z_j > 0`` and
+    ``x_i (w_ij + γ w_ij⁻) R_j / z_j⁻`` for ``z_j < 0``, where ``z⁺``/``z⁻`` use the
+    γ-modified weights and biases. Those are two passes; the sign of ``z`` comes
+    from their sum, ``z⁺ + z⁻ = (2 + γ) z``. Inputs with a negative entry are
+    handed to zennit's ``Gamma``, so the rule is never wrong, only sometimes slow.
+    """
+
+    def __init__(self, gamma: float = 1.0, stabilizer: float = 1e-6):
+        self.gamma, self.stabilizer = gamma, stabilizer
+        self._general = Gamma(gamma=gamma, stabilizer=stabilizer)
+        stabilize = Stabilizer.ensure(stabilizer)
+
+        def gradient_mapper(out_grad, outputs):
+            z = outputs[0] + outputs[1]
+            return [(z > 0) * out_grad / stabilize(outputs[0]), (z < 0) * out_grad / stabilize(outputs[1])]
+
+        super().__init__(
+            # detach: two distinct leaves, so each pass gets its own gradient
+            input_modifiers=[lambda x: x.detach(), lambda x: x.detach()],
+            param_modifiers=[GammaMod(gamma, min=0.0), GammaMod(gamma, max=0.0)],
+            output_modifiers=[lambda z: z] * 2,
+            gradient_mapper=gradient_mapper,
+            reducer=lambda inputs, grads: inputs[0] * grads[0] + inputs[1] * grads[1],
+        )
+
+    def backward(self, module, grad_input, grad_output):
+        if (self.stored_tensors["input"][0] < 0).any():
+            self._general.stored_tensors = self.stored_tensors
+            return self._general.backward(module, grad_input, grad_output)
+        return super().backward(module, grad_input, grad_output)
+
+    def copy(self):
+        return type(self)(self.gamma, self.stabilizer)
+
+
 def box_bounds(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """ZBox bounds: the normalised images of pixel values 0 and 1, shape ``[1, C, 1, 1]``."""
     m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
@@ -162,13 +206,15 @@ def _as_bound(value, name: str) -> torch.Tensor:
 
 
 def build_composite(model: nn.Module, low=None, high=None, *, gamma: float = 1.0,
-                    epsilon: float = 1e-6, rule: str = "epsilon_gamma_box") -> Composite:
+                    epsilon: float = 1e-6, rule: str = "epsilon_gamma_box",
+                    fast_gamma: bool = True) -> Composite:
     """An LRP composite with the verified canonizers of ``model`` (§6.4).
 
     ``rule="epsilon_gamma_box"`` (default, D9): ZBox(low, high) on the first
     convolution, Gamma(``gamma``) on the other convolutions, Epsilon(``epsilon``)
     on ``nn.Linear``; ``low``/``high`` broadcast to the input (a float, one value
-    per channel, or a ``[1, C, 1, 1]`` tensor; see :func:`box_bounds`).
+    per channel, or a ``[1, C, 1, 1]`` tensor; see :func:`box_bounds`). Gamma is
+    :class:`PostReLUGamma` (same rule, fewer passes) unless ``fast_gamma=False``.
     ``rule="epsilon"``: Epsilon on every convolution and linear layer (for the
     conservation test; ``low``/``high`` are ignored).
     ReLUs pass relevance through; sums and average pooling use zennit's Norm rule.
@@ -179,8 +225,11 @@ def build_composite(model: nn.Module, low=None, high=None, *, gamma: float = 1.0
     _require_verified(_unwrap_compiled(model))
     canonizers = verified_canonizers(model)
     if rule == "epsilon_gamma_box":
+        # A layer_map entry precedes EpsilonGammaBox's own Gamma; ZBox still takes the first conv.
+        layer_map = [(Convolution, PostReLUGamma(gamma=gamma))] if fast_gamma else None
         return EpsilonGammaBox(low=_as_bound(low, "low"), high=_as_bound(high, "high"),
-                               epsilon=epsilon, gamma=gamma, canonizers=canonizers)
+                               epsilon=epsilon, gamma=gamma, layer_map=layer_map,
+                               canonizers=canonizers)
     if rule == "epsilon":
         layer_map = layer_map_base(epsilon) + [(Convolution, Epsilon(epsilon=epsilon)),
                                                (nn.Linear, Epsilon(epsilon=epsilon))]

@@ -264,9 +264,13 @@ class SweepPlan:
     foreign_other_code: int       # ... of which made by another code version
     foreign_unfinished: int
 
-    def describe(self, out_dir: Path, grid: SweepGrid, world: str) -> str:
+    def describe(self, out_dir: Path, grid: SweepGrid, world: str,
+                 grid_cells: int | None = None) -> str:
+        n = len(self.cells)
+        size = (f"the first {n} of {grid_cells} cells" if grid_cells not in (None, n)
+                else f"{n} cells")
         lines = [f"sweep {grid.name!r} ({world} world, run preset {grid.run_preset!r}): "
-                 f"{len(self.cells)} cells ({grid.describe()})"]
+                 f"{size} ({grid.describe()})"]
         if grid.note:
             lines.append(f"  note: {grid.note}")
         lines.append(f"  {len(self.reused)} reused (finished earlier), "
@@ -339,6 +343,9 @@ def _execute(cfg_dict: dict, run_dir: str, device: str, threads: int,
         from .train import train_run as run_fn  # lazy: torch is imported only here
     cfg = RunConfig.from_dict(cfg_dict)
     start = time.perf_counter()
+    if cfg.key() != Path(run_dir).name:   # the folder would never count as finished
+        return {"key": Path(run_dir).name, "ok": False, "wall": 0.0,
+                "error": f"the config does not survive a JSON round trip (key {cfg.key()})"}
     try:
         write_json(Path(run_dir) / "config.json", cfg_dict)
         run_fn(cfg, run_dir, device=device, progress=False, threads=threads)
@@ -365,7 +372,7 @@ def resolve_device(device: str) -> str:
 
 
 def _progress_bar(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(total=total, desc="runs", unit="run", disable=not enabled or total == 0)
 
@@ -381,12 +388,22 @@ def _run_serial(jobs, device, threads, run_fn, workers, bar) -> list[dict]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_execute, cfg_dict, run_dir, device, threads, run_fn)
-                   for cfg_dict, run_dir in jobs]
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    try:
+        futures = {pool.submit(_execute, cfg_dict, run_dir, device, threads, run_fn): run_dir
+                   for cfg_dict, run_dir in jobs}
         for fut in as_completed(futures):
-            statuses.append(fut.result())
+            try:
+                statuses.append(fut.result())
+            except Exception as exc:   # e.g. a worker killed by the OOM killer
+                statuses.append({"key": Path(futures[fut]).name, "ok": False, "wall": 0.0,
+                                 "error": f"{type(exc).__name__}: {exc}"})
             bar.update(1)
+    except BaseException:
+        # Ctrl-C or a dead worker: start nothing new; finished runs are kept.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return statuses
 
 
@@ -479,12 +496,18 @@ def _run_ray(jobs, device, threads, run_fn, workers, bar, address) -> list[dict]
 
         task = ray_task.options(**options) if options else ray_task
         fn_ref = ray.put(run_fn)
-        pending = [task.remote(cfg_dict, run_dir, device, threads, fn_ref)
-                   for cfg_dict, run_dir in jobs]
+        refs = {task.remote(cfg_dict, run_dir, device, threads, fn_ref): run_dir
+                for cfg_dict, run_dir in jobs}
+        pending = list(refs)
         statuses = []
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            statuses.extend(ray.get(done))
+            for ref in done:
+                try:
+                    statuses.append(ray.get(ref))
+                except Exception as exc:   # the worker died (OOM, node lost...)
+                    statuses.append({"key": Path(refs[ref]).name, "ok": False, "wall": 0.0,
+                                     "error": f"{type(exc).__name__}: {exc}"})
             bar.update(len(done))
         return statuses
 
@@ -539,11 +562,12 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
     out_dir = Path(out_dir)
 
     cells = expand_grid(grid, world)
+    grid_cells = len(cells)
     if limit is not None:
         cells = cells[:limit]
     with _sweep_lock(out_dir):
         plan = plan_sweep(cells, out_dir)
-        _log(plan.describe(out_dir, grid, world))
+        _log(plan.describe(out_dir, grid, world, grid_cells))
         write_json(out_dir / "sweep.json", {
             "grid": dataclasses.asdict(grid), "world": world, "limit": limit,
             "keys": [c.key() for c in cells], "backend": backend, "workers": workers,

@@ -87,7 +87,7 @@ def train_mini_teacher(tcfg: TeacherConfig = TeacherConfig(), *, progress: bool 
             return model.eval(), manifest
         except Exception as e:  # noqa: BLE001 - a corrupt cache is retrained, and we say so
             print(f"teacher cache {folder} is unreadable ({e}); retraining")
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     start = time.time()
     torch.manual_seed(tcfg.seed)

@@ -192,7 +192,7 @@ def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, device: str = "cpu"
               progress: bool = True, threads: int | None = None,
               world: World | None = None) -> dict[str, Any]:
     """Train one student; write ``student.pt`` then ``metrics.json`` into ``out_dir``."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .methods import check_finite, kd_loss, total_loss
 
@@ -240,9 +240,9 @@ def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, device: str = "cpu"
             loss.backward()
             opt.step()
             step += 1
-            sums["loss"] += float(loss)
-            sums["kd"] += float(kd)
-            sums["layer"] += float(sum(layer_terms)) if layer_terms else 0.0
+            sums["loss"] += loss.item()
+            sums["kd"] += kd.item()
+            sums["layer"] += float(sum(t.item() for t in layer_terms))
         curves["lr"].append(opt.param_groups[0]["lr"])
         sched.step()
         for k in sums:

@@ -224,3 +224,36 @@ def test_bounds_are_required_and_rule_names_checked():
         lrp.build_composite(model)
     with pytest.raises(ReproError, match="unknown LRP rule"):
         lrp.build_composite(model, LOW, HIGH, rule="alpha_beta")
+
+
+@pytest.mark.parametrize("case", ["frozen_mini_teacher", "resnet18-s"])
+def test_fast_gamma_matches_zennit_gamma(case):
+    build, shape = CASES[case]
+    torch.manual_seed(4)
+    model = _randomise_batchnorm(build())
+    x = torch.randn(2, *shape)
+    y = torch.tensor([1, 3])
+    low, high = lrp.box_bounds((0.5,) * shape[0], (0.25,) * shape[0])
+    fast = lrp.logit_gap_relevance(model, x, y, lrp.build_composite(model, low, high))
+    slow = lrp.logit_gap_relevance(model, x, y, lrp.build_composite(model, low, high, fast_gamma=False))
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5 * slow.abs().max().item())
+
+
+@pytest.mark.parametrize("sign", ["non-negative", "mixed"])
+def test_post_relu_gamma_rule_equals_zennit_gamma_on_one_layer(sign):
+    from zennit.composites import LayerMapComposite
+    from zennit.rules import Gamma
+
+    torch.manual_seed(5)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    x = torch.randn(2, 4, 5, 5)
+    if sign == "non-negative":
+        x = x.clamp(min=0)
+    seed = torch.randn(2, 6, 5, 5)
+    grads = []
+    for rule in (lrp.PostReLUGamma(gamma=0.5), Gamma(gamma=0.5)):
+        xi = x.clone().requires_grad_()
+        with LayerMapComposite([(nn.Conv2d, rule)]).context(conv):
+            (g,) = torch.autograd.grad(conv(xi), xi, seed)
+        grads.append(g)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)

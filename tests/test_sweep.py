@@ -461,7 +461,6 @@ def test_register_cli_adds_the_sweep_subcommand():
 
 # ---------------------------------------------------------------------------
 # The real trainer
-@pytest.mark.slow
 def test_real_smoke_grid_with_the_trainer(tmp_path):
     pytest.importorskip("reprolib.train")
     import torch
@@ -476,3 +475,25 @@ def test_real_smoke_grid_with_the_trainer(tmp_path):
         assert check_run(out / d) is None
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 2 * 2 * 2
+    # Resuming finds everything finished.
+    again = run_sweep("smoke", out, device="cpu", progress=False, threads=1)
+    pd.testing.assert_frame_equal(again, res)
+
+
+@pytest.mark.slow
+def test_real_trainer_gives_the_same_results_in_worker_processes(tmp_path):
+    """Serial and parallel sweeps agree when each run has the same thread count."""
+    pytest.importorskip("reprolib.train")
+    code = textwrap.dedent(f"""
+        from reprolib.sweep import run_sweep
+        if __name__ == "__main__":
+            run_sweep("smoke", {str(tmp_path / "serial")!r}, progress=False, threads=1)
+            run_sweep("smoke", {str(tmp_path / "pool")!r}, progress=False, threads=1, workers=2)
+    """)
+    script = tmp_path / "real_sweeps.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    pd.testing.assert_frame_equal(_comparable(tmp_path / "serial" / "results.csv"),
+                                  _comparable(tmp_path / "pool" / "results.csv"))
