@@ -2,13 +2,13 @@
 
 What is explained (D9; §6.4, CONFIRMED-code in the authors' ``explainersv2.py``):
 the **logit gap** ``z_y − max_{c≠y} z_c`` with ``y`` the true label. In zennit the
-tensor handed to the ``Gradient`` attributor is the *output relevance*, and every
-LRP rule conserves it layer by layer; so the seed is ``z_y`` at ``y``, ``−z_c`` at
-the strongest other class ``c`` and 0 elsewhere, and the input relevance sums to
-the gap (up to the relevance that biases and ε absorb). A seed of ±1 (the gradient
-of the gap) would make the relevance sum to 0 instead; the gradient of the gap
-is still what is propagated, only scaled per class by the logit itself, as in the
-authors' code.
+tensor handed to the ``Gradient`` attributor is the *output relevance*, which the
+LRP rules conserve layer by layer. The seed is therefore ``z_y`` at ``y``,
+``−z_c`` at the strongest other class ``c`` and 0 elsewhere (:func:`logit_gap_seed`),
+as in the authors' code, and the input relevance sums to the gap up to what
+biases and ε absorb (tested). A seed of +1/−1 (the gradient of the gap) would
+give heatmaps that sum to 0 instead: the same relevance flow per class, but
+weighted 1 : 1 rather than ``z_y : z_c``.
 
 Composite (§6.4): zennit's ``EpsilonGammaBox`` layout with ``ResNetCanonizer``:
 ZBox on the first convolution (bounds = the normalised images of pixel values 0

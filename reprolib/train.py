@@ -188,67 +188,89 @@ def _build_teacher(cfg: RunConfig, progress: bool) -> FrozenTeacher:
     return build_teacher(cfg, progress=progress)
 
 
+class Distiller:
+    """The parts of one run (world, frozen teacher, student, method, optimiser)
+    and its training step; :func:`train_run` drives it, benchmarks time it."""
+
+    def __init__(self, cfg: RunConfig, device: str | torch.device = "cpu", progress: bool = False,
+                 world: World | None = None):
+        self.cfg = cfg
+        self.dev = device if isinstance(device, torch.device) else resolve_device(device)
+        (self.world, self.teacher, self.student, self.method,
+         self.layers, self.subspace_path) = prepare(cfg, self.dev, progress, world)
+        uses = self.method.uses_layers
+        self.t_paths = [t for t, _ in cfg.layer_pairs] if uses else []
+        self.s_paths = [s for _, s in cfg.layer_pairs] if uses else []
+        params = list(self.student.parameters()) + list(self.method.parameters())
+        # Weight decay stays 0 (§5): VkD's Householder parametrisation breaks under decay.
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+        self.steps_per_epoch = self.world.num_batches("train", cfg.batch_size, drop_last=True)
+        if self.steps_per_epoch == 0:
+            raise ReproError(f"the training split has fewer images than one batch ({cfg.batch_size}); "
+                             "lower --batch-size or raise pool_per_class")
+        seed_everything(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.batches = _teacher_batches(cfg, self.world, self.teacher, self.method, self.t_paths,
+                                        self.dev, self.gen, self.dev.type == "cuda")
+        self.step_count = 0
+
+    def step(self, x, y, t_logits, t_targets) -> dict[str, float]:
+        """One optimiser step on a batch; returns the loss terms as floats."""
+        from .methods import check_finite, kd_loss, total_loss
+
+        cfg = self.cfg
+        with FeatureCapture(self.student, self.s_paths) as scap:
+            s_logits = self.student(x)
+        kd = kd_loss(s_logits, t_logits, cfg.temperature)
+        layer_terms = (self.method.criterion(self.method.student_transform(scap.get()), t_targets)
+                       if self.t_paths else [])
+        ce = F.cross_entropy(s_logits, y.to(self.dev)) if cfg.lambda_task > 0 else None
+        loss, terms = total_loss(kd, layer_terms, cfg.lambda_layer, ce, cfg.lambda_task)
+        check_finite(terms, self.step_count)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step_count += 1
+        return terms
+
+    def train_epoch(self) -> dict[str, float]:
+        self.student.train()
+        self.method.train()
+        sums = {"loss": 0.0, "kd": 0.0, "layer": 0.0}
+        for batch in self.batches():
+            terms = self.step(*batch)
+            sums["loss"] += terms["total"]
+            sums["kd"] += terms["kd"]
+            sums["layer"] += terms.get("layer", 0.0)
+        self.sched.step()
+        return {k: v / self.steps_per_epoch for k, v in sums.items()}
+
+
 def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, device: str = "cpu",
               progress: bool = True, threads: int | None = None,
               world: World | None = None) -> dict[str, Any]:
     """Train one student; write ``student.pt`` then ``metrics.json`` into ``out_dir``."""
     from tqdm import tqdm
 
-    from .methods import check_finite, kd_loss, total_loss
-
     start = time.time()
     if threads:
         torch.set_num_threads(threads)
-    dev = resolve_device(device)
     out_dir = Path(out_dir)
-    world, teacher, student, method, layers, subspace_path = prepare(cfg, dev, progress, world)
-    t_paths = [t for t, _ in cfg.layer_pairs] if method.uses_layers else []
-    s_paths = [s for _, s in cfg.layer_pairs] if method.uses_layers else []
-    teacher_metrics = teacher_test_metrics(teacher, world, cfg, dev)
-
-    params = list(student.parameters()) + list(method.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-    use_bf16 = dev.type == "cuda"
-
-    seed_everything(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    batches = _teacher_batches(cfg, world, teacher, method, t_paths, dev, gen, use_bf16)
+    run = Distiller(cfg, device, progress, world)
+    world, student, dev = run.world, run.student, run.dev
+    teacher_metrics = teacher_test_metrics(run.teacher, world, cfg, dev)
     best = {"oracle": (-1.0, -1, None), "nonoracle": (-1.0, -1, None)}
     curves: dict[str, list] = {k: [] for k in ("loss", "kd", "layer", "val_accuracy",
                                                "val_correlated_accuracy", "lr")}
-    steps_per_epoch = world.num_batches("train", cfg.batch_size, drop_last=True)
-    if steps_per_epoch == 0:
-        raise ReproError(f"the training split has fewer images than one batch ({cfg.batch_size}); "
-                         "lower --batch-size or raise pool_per_class")
     bar = tqdm(range(cfg.epochs), desc=f"{cfg.method} rho={cfg.data.contamination_rate:g} seed={cfg.seed}",
                disable=not progress, unit="epoch")
-    step = 0
     for epoch in bar:
-        student.train()
-        method.train()
-        sums = {"loss": 0.0, "kd": 0.0, "layer": 0.0}
-        for x, y, t_logits, t_targets in batches():
-            with FeatureCapture(student, s_paths) as scap:
-                s_logits = student(x)
-            kd = kd_loss(s_logits, t_logits, cfg.temperature)
-            layer_terms = method.criterion(method.student_transform(scap.get()), t_targets) if t_paths else []
-            ce = F.cross_entropy(s_logits, y.to(dev)) if cfg.lambda_task > 0 else None
-            loss, terms = total_loss(kd, layer_terms, cfg.lambda_layer, ce, cfg.lambda_task)
-            check_finite(terms, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            sums["loss"] += loss.item()
-            sums["kd"] += kd.item()
-            sums["layer"] += float(sum(t.item() for t in layer_terms))
-        curves["lr"].append(opt.param_groups[0]["lr"])
-        sched.step()
-        for k in sums:
-            curves[k].append(sums[k] / steps_per_epoch)
-        val = float(_accuracy(student, world, "val", dev))
-        val_corr = float(_accuracy(student, world, "val_correlated", dev))
+        curves["lr"].append(run.opt.param_groups[0]["lr"])
+        for k, v in run.train_epoch().items():
+            curves[k].append(v)
+        val = _accuracy(student, world, "val", dev)
+        val_corr = _accuracy(student, world, "val_correlated", dev)
         curves["val_accuracy"].append(val)
         curves["val_correlated_accuracy"].append(val_corr)
         for rule, acc in (("oracle", val), ("nonoracle", val_corr)):
@@ -280,8 +302,8 @@ def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, device: str = "cpu"
         "teacher_test_accuracy": teacher_metrics["accuracy"],
         "teacher_test_accuracy_with_digit": teacher_metrics["accuracy_with_digit"],
         "curves": curves,
-        "layers": layers,
-        "subspace_cache": str(subspace_path) if subspace_path else None,
+        "layers": run.layers,
+        "subspace_cache": str(run.subspace_path) if run.subspace_path else None,
         "seconds": time.time() - start,
         "device": str(dev),
         "threads": torch.get_num_threads(),
@@ -290,7 +312,7 @@ def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, device: str = "cpu"
         "code_version": CODE_VERSION,
         "torch": torch.__version__,
     }
-    torch_save({"student": student.state_dict(), "method": method.state_dict(),
+    torch_save({"student": student.state_dict(), "method": run.method.state_dict(),
                 "config": cfg.to_dict(), "config_key": cfg.key()}, out_dir / "student.pt")
     write_json(out_dir / "metrics.json", metrics)   # last: marks the run complete
     return metrics

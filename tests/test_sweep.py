@@ -386,6 +386,13 @@ def test_failed_runs_are_reported_and_retried(tmp_path, fake_env, monkeypatch, c
     assert "workers=0 must be a positive integer" in capsys.readouterr().err
 
 
+def test_limit_runs_the_first_cells(tmp_path, fake_env, capsys):
+    res = run_sweep(_tiny_grid(), tmp_path / "sw", run_fn=fake_train_run, progress=False, limit=2)
+    assert list(res.config_key) == [c.key() for c in expand_grid(_tiny_grid())[:2]]
+    assert "the first 2 of 12 cells" in capsys.readouterr().err
+    assert res.attrs["sweep"]["computed"] == 2
+
+
 def test_one_sweep_per_folder(tmp_path, fake_env):
     out = tmp_path / "sw"
     with sweep._sweep_lock(out):
