@@ -59,7 +59,7 @@ def test_bad_input_exits_nonzero_with_an_error_line_and_no_traceback():
     (["train", "--preset", "smoke", "--student", "tiny", "--out", "x", "--device", "cpu"], "unknown student 'tiny'"),
     (["data", "summary", "--world", "paper", "--preset", "smoke"], "REPROLIB_IMAGENET"),
 ])
-def test_bad_input_in_process(args, message, capsys, monkeypatch, tmp_path):
+def test_bad_input_in_process(args, message, capsys, monkeypatch, tmp_path, smoke_teacher):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("REPROLIB_IMAGENET", raising=False)
     assert main(args) == 2
@@ -73,7 +73,8 @@ def test_argparse_errors_are_usage_messages(capsys):
     assert e.value.code == 2 and "invalid float value: 'lots'" in capsys.readouterr().err
 
 
-def test_train_writes_metrics(tmp_path):
+@pytest.mark.slow
+def test_train_writes_metrics(tmp_path, smoke_teacher):
     out = tmp_path / "run"
     res = run_cli("train", "--preset", "smoke", "--method", "vkd", "--rho", "1", "--out", str(out),
                   "--device", "cpu", "--threads", "1", "--quiet")
