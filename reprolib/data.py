@@ -156,18 +156,23 @@ def mnist_folder(root: str | os.PathLike | None = None) -> Path:
 
 def mnist_bank(size: int, root: str | os.PathLike | None = None) -> art.ArtifactBank:
     """MNIST training digits (§1.3 step 3), resized to ``size`` with PIL's bicubic filter."""
+    from . import CODE_VERSION
+
     folder = mnist_folder(root)
-    key = f"mnist_bank_{size}.pt"
-    cache = cache_dir("data") / key
+    files = [_find_idx(folder, f) for f in MNIST_FILES]
+    # Keyed by the files' identity and the code version: a changed folder or
+    # resize code never reuses a stale bank.
+    ident = [str(folder.resolve()), CODE_VERSION] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    cache = cache_dir("data") / f"mnist_bank_{size}.pt"
     if cache.is_file():
         saved = torch.load(cache, weights_only=False)
-        if saved.get("folder") == str(folder.resolve()):
+        if saved.get("ident") == ident:
             return art.ArtifactBank(saved["images"], saved["labels"], "mnist")
-    images = read_idx(_find_idx(folder, MNIST_FILES[0])).astype(np.float32) / 255.0
-    labels = read_idx(_find_idx(folder, MNIST_FILES[1])).astype(np.int64)
+    images = read_idx(files[0]).astype(np.float32) / 255.0
+    labels = read_idx(files[1]).astype(np.int64)
     bank = art.ArtifactBank(art.resize_bank(images, size), labels, "mnist")
     with atomic_path(cache) as tmp:
-        torch.save({"images": bank.images, "labels": labels, "folder": str(folder.resolve())}, tmp)
+        torch.save({"images": bank.images, "labels": labels, "ident": ident}, tmp)
     return bank
 
 

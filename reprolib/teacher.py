@@ -41,6 +41,7 @@ class TeacherConfig:
     crop_scale: tuple[float, float] = (0.5, 1.0)
     image_size: int = 32
     train_subset: int | None = None   # the first N training images; None = all 60,000
+    test_subset: int | None = None    # score on the first N test images; None = all 10,000
 
     def key(self) -> str:
         text = json.dumps({"cfg": dataclasses.asdict(self), "code": CODE_VERSION}, sort_keys=True)
@@ -50,7 +51,7 @@ class TeacherConfig:
 # The "smoke" recipe is for tests and CI only: a teacher in seconds, numbers meaningless.
 TEACHER_RECIPES = {
     "standard": TeacherConfig(),
-    "smoke": TeacherConfig(epochs=1, train_subset=3000, batch_size=64),
+    "smoke": TeacherConfig(epochs=1, train_subset=2000, test_subset=1000, batch_size=64),
 }
 
 
@@ -95,9 +96,10 @@ def train_mini_teacher(tcfg: TeacherConfig = TeacherConfig(), *, progress: bool 
     n = tcfg.train_subset or len(fm["train_x"])
     x_train = pad_to(fm["train_x"][:n], tcfg.image_size).unsqueeze(1).float() / 255.0
     y_train = fm["train_y"][:n].long()
-    x_test = normalize(pad_to(fm["test_x"], tcfg.image_size).unsqueeze(1).float() / 255.0, MINI_MEAN, MINI_STD)
-    y_test = fm["test_y"].long()
-    model = mini_teacher(10)
+    m = tcfg.test_subset or len(fm["test_x"])
+    x_test = normalize(pad_to(fm["test_x"][:m], tcfg.image_size).unsqueeze(1).float() / 255.0, MINI_MEAN, MINI_STD)
+    y_test = fm["test_y"][:m].long()
+    model = mini_teacher(10).to(memory_format=torch.channels_last)   # ~1.4x faster on CPU
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
     steps = tcfg.epochs * (len(x_train) // tcfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg.lr, total_steps=steps, pct_start=0.15)
@@ -111,7 +113,8 @@ def train_mini_teacher(tcfg: TeacherConfig = TeacherConfig(), *, progress: bool 
             xb = x_train[idx]
             if tcfg.augment:
                 xb = random_resized_crop(xb, tcfg.crop_scale, gen)
-            loss = F.cross_entropy(model(normalize(xb, MINI_MEAN, MINI_STD)), y_train[idx])
+            xb = normalize(xb, MINI_MEAN, MINI_STD).contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(xb), y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

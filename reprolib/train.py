@@ -84,7 +84,8 @@ def predict(model: torch.nn.Module, world: World, split: str, device: torch.devi
     model.eval()
     preds, ys, ds = [], [], []
     for x, y, d in world.batches(split, batch_size):
-        preds.append(model(x.to(device, non_blocking=True)).argmax(1).cpu())
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        preds.append(model(x).argmax(1).cpu())
         ys.append(y)
         ds.append(d)
     model.train(was)
@@ -179,6 +180,9 @@ def prepare(cfg: RunConfig, device: torch.device, progress: bool = True, world: 
                           vid_variance=cfg.vid_variance, subspaces=subspaces).to(device)
     layers = [{"teacher": t, "student": s, "teacher_shape": list(ts), "student_shape": list(ss)}
               for (t, s), ts, ss in zip(cfg.layer_pairs, t_shapes, s_shapes)]
+    # channels_last: about 1.4x faster convolutions on CPU (oneDNN) and GPU alike.
+    teacher.to(memory_format=torch.channels_last)
+    student.to(memory_format=torch.channels_last)
     return world, teacher, student, method, layers, subspace_path
 
 
@@ -323,6 +327,10 @@ def _accuracy(model, world, split, device) -> float:
     return float((pred == y).float().mean())
 
 
+def _fast(x: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    return x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
 def _teacher_batches(cfg, world, teacher, method, t_paths, dev, gen, use_bf16):
     """A callable that yields one epoch of ``(x, y, teacher_logits, teacher_targets)``.
 
@@ -341,7 +349,7 @@ def _teacher_batches(cfg, world, teacher, method, t_paths, dev, gen, use_bf16):
 
     if not cfg.data.augment and hasattr(world, "tensors"):
         x_all, y_all, _ = world.tensors("train")
-        outs = [teacher_out(x_all[i:i + 256].to(dev)) for i in range(0, len(x_all), 256)]
+        outs = [teacher_out(_fast(x_all[i:i + 256], dev)) for i in range(0, len(x_all), 256)]
         logits_all = torch.cat([o[0] for o in outs])
         targets_all = [torch.cat([o[1][j] for o in outs]) for j in range(len(t_paths))]
         n = len(x_all)
@@ -350,13 +358,13 @@ def _teacher_batches(cfg, world, teacher, method, t_paths, dev, gen, use_bf16):
             order = torch.randperm(n, generator=gen)
             for s in range(n // cfg.batch_size):
                 idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-                yield (x_all[idx].to(dev), y_all[idx], logits_all[idx.to(logits_all.device)],
+                yield (_fast(x_all[idx], dev), y_all[idx], logits_all[idx.to(logits_all.device)],
                        [t[idx.to(t.device)] for t in targets_all])
         return epoch
 
     def epoch():
         for x, y, _d in world.batches("train", cfg.batch_size, shuffle=True, generator=gen, drop_last=True):
-            x = x.to(dev, non_blocking=True)
+            x = _fast(x, dev)
             logits, targets = teacher_out(x)
             yield x, y, logits, targets
     return epoch

@@ -181,6 +181,9 @@ def test_contaminated_set_is_a_prefix_of_one_fixed_permutation():
     # ⌊ρ·n⌋, not rounding: 0.125·250 = 31.25 → 31; 0.5·7 = 3.5 → 3.
     assert art.contaminated_mask(250, 0.125).sum() == 31
     assert art.contaminated_mask(7, 0.5).sum() == 3
+    for bad in (-0.1, 1.01, math.nan):
+        with pytest.raises(ReproError, match=r"outside \[0, 1\]"):
+            art.contaminated_mask(10, bad)
 
 
 def _contaminated_pool_indices(w: MiniWorld) -> set[int]:

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torchvision.models.resnet import Bottleneck, ResNet
 
 from reprolib import lrp
 from reprolib.errors import ReproError
@@ -69,6 +70,9 @@ CASES = {
     "mini_teacher": (lambda: mini_teacher(), (1, 32, 32)),
     "frozen_mini_teacher": (lambda: FrozenTeacher(mini_teacher(), MINI_SUBTASK), (1, 32, 32)),
     "resnet18-s": (lambda: build_student("resnet18-s", 5), (3, 64, 64)),
+    # torchvision's Bottleneck path (the paper's ResNet-101 teacher), one block per stage.
+    "frozen_torchvision_bottleneck": (lambda: FrozenTeacher(
+        ResNet(Bottleneck, [1, 1, 1, 1], num_classes=20), [1, 5, 7, 11, 19]), (3, 32, 32)),
 }
 
 
