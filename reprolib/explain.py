@@ -88,7 +88,7 @@ def _digest(path: Path, settings: dict) -> str:
 
 
 def explain_sweep(sweep_dir: str | Path, out_dir: str | Path, *, tsne_images: int = 600,
-                  lrp_images: int = 128, rhos=ANALYSIS_RHOS, selection: str = "oracle",
+                  lrp_images: int = 64, rhos=ANALYSIS_RHOS, selection: str = "oracle",
                   progress: bool = True, force: bool = False) -> dict:
     """Both analyses for a finished sweep; returns a dict of tables and arrays."""
     import pandas as pd
@@ -240,7 +240,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--sweep", required=True, help="folder of a finished sweep (results.csv, runs/)")
     p.add_argument("--out", required=True, help="folder for knn.csv, lrp.csv and the arrays")
     p.add_argument("--tsne-images", dest="tsne_images", type=int, default=600)
-    p.add_argument("--lrp-images", dest="lrp_images", type=int, default=128)
+    p.add_argument("--lrp-images", dest="lrp_images", type=int, default=64)
     p.add_argument("--selection", default="oracle", help="oracle (default) or nonoracle (D3)")
     p.add_argument("--force", action="store_true", help="recompute even if the outputs match")
     p.add_argument("--quiet", action="store_true")

@@ -158,11 +158,18 @@ SWEEP_PRESETS: dict[str, SweepGrid] = {
         rhos=PAPER_RHOS, seeds=(1, 2, 3), lambdas=PAPER_LAMBDAS,
         note="D6: full lambda grid, all registered contamination rates"),
     # mini-world.md "Calibration, honestly": the effect as a function of pool size.
+    # The book's version: λ fixed at 1 (no selection) and pools up to 200, so that
+    # it costs about as much as the quick sweep; "calibration-full" is the whole curve.
     "calibration": SweepGrid(
         name="calibration", run_preset="quick", methods=("kd", "subdistill"),
+        rhos=(0.0, 1.0), seeds=(1, 2, 3), lambdas=(1.0,),
+        pool_sizes=(25, 50, 100, 200),
+        note="pool size per class vs the effect; lambda fixed at 1; pools 25-200"),
+    "calibration-full": SweepGrid(
+        name="calibration-full", run_preset="quick", methods=("kd", "subdistill"),
         rhos=(0.0, 1.0), seeds=(1, 2, 3), lambdas=(1.0, 10.0),
         pool_sizes=(25, 50, 100, 200, 400),
-        note="pool size per class vs the effect; small lambda grid {1, 10}"),
+        note="pool size per class vs the effect; lambda selected from {1, 10}; pools 25-400"),
 }
 
 

@@ -2,9 +2,9 @@
 paper world's pretrained torchvision ResNet.
 
 The mini teacher plays ImageNet-pretrained ResNet-101's role: it is trained on
-all ten clean Fashion-MNIST classes (never a digit), with the same kind of
-augmentation as its students (random resized crop + flip, as ImageNet models
-are trained), and then frozen. Its cache is keyed by its config and
+all ten clean Fashion-MNIST classes (never a digit) and then frozen. Unlike
+ImageNet models it is trained without augmentation by default (see
+:class:`TeacherConfig` for the measured trade-off). Its cache is keyed by its config and
 :data:`reprolib.CODE_VERSION`; a second call loads it in seconds.
 """
 
@@ -31,13 +31,21 @@ from .models import FrozenTeacher, load_paper_teacher, mini_teacher
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """Recipe of the mini foundation teacher."""
+    """Recipe of the mini foundation teacher.
 
-    epochs: int = 2
+    The default is one epoch over the 60,000 clean images, batch 128, Adam with a
+    one-cycle rate peaking at 3e-3, no augmentation: measured on this project's
+    2-core CPU it reaches 0.909 ten-class accuracy (0.849 on the five-class
+    subtask) in about 9 minutes on one thread. The same recipe with the students'
+    random-resized-crop augmentation reached only 0.884 in the same time, so the
+    augmentation is off by default (``augment=True`` turns it on).
+    """
+
+    epochs: int = 1
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 3e-3
     seed: int = 0
-    augment: bool = True
+    augment: bool = False
     crop_scale: tuple[float, float] = (0.5, 1.0)
     image_size: int = 32
     train_subset: int | None = None   # the first N training images; None = all 60,000

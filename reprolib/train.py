@@ -286,6 +286,9 @@ def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, device: str = "cpu"
     # The best-validation epochs, evaluated once on the test set.
     results = {}
     for rule in ("oracle", "nonoracle"):
+        if rule == "nonoracle" and best[rule][1] == best["oracle"][1]:
+            results[rule] = results["oracle"]   # same epoch, same student: no second pass
+            continue
         student.load_state_dict(best[rule][2])
         results[rule] = split_accuracies(*predict(student, world, "test", dev))
     student.load_state_dict(best["oracle"][2])
@@ -302,6 +305,7 @@ def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, device: str = "cpu"
         "nonoracle_best_epoch": best["nonoracle"][1],
         "nonoracle_test_accuracy": results["nonoracle"]["accuracy"],
         "nonoracle_test_accuracy_with_digit": results["nonoracle"]["accuracy_with_digit"],
+        "nonoracle_test_accuracy_digit_differs": results["nonoracle"]["accuracy_digit_differs"],
         "nonoracle_predicts_digit": results["nonoracle"]["predicts_digit"],
         "teacher_test_accuracy": teacher_metrics["accuracy"],
         "teacher_test_accuracy_with_digit": teacher_metrics["accuracy_with_digit"],
