@@ -34,8 +34,8 @@ def test_mini_smoke_preset_and_world_defaults():
 
 
 @pytest.mark.parametrize("preset, pool, test, epochs, step, batch", [
-    ("quick", 100, None, 20, 5, 32),
-    ("full", 100, None, 100, 25, 32),
+    ("quick", 50, 500, 10, 3, 32),
+    ("full", 50, None, 100, 25, 32),
 ])
 def test_mini_quick_and_full_presets(preset, pool, test, epochs, step, batch):
     cfg = make_config("mini", preset)

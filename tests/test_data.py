@@ -24,7 +24,7 @@ from conftest import write_idx
 
 K = 5                         # subtask classes
 SIZES = {"smoke": dict(pool=50, train=40, val=10, test=100),
-         "quick": dict(pool=500, train=400, val=100, test=5000)}
+         "quick": dict(pool=250, train=200, val=50, test=2500)}
 
 
 @functools.lru_cache(maxsize=None)

@@ -49,9 +49,10 @@ def test_committed_notebooks_are_clean():
 @pytest.mark.parametrize("name", list(NOTEBOOKS))
 def test_notebook_runs_with_smoke_parameters(name, tmp_path):
     import nbformat
+    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    nb = load_notebook_node(str(ROOT / "notebooks" / f"{name}.ipynb"))
     nb = parameterize_notebook(nb, NOTEBOOKS[name], kernel_name="python3", language="python")
     path = tmp_path / f"{name}.ipynb"
     nbformat.write(nb, path)

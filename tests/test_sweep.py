@@ -158,8 +158,9 @@ def test_select_lambda_rejects_bad_input():
 # Grids
 def test_expand_grid_counts_and_kd_has_no_lambda():
     counts = {"smoke": 4, "quick": 3 * 3 * (1 + 4 * 2), "full": 6 * 3 * (1 + 4 * 7),
-              "calibration": 2 * 3 * 5 * (1 + 1 * 2)}
-    presets = {"smoke": "smoke", "quick": "quick", "full": "full", "calibration": "quick"}
+              "calibration": 2 * 3 * 4 * (1 + 1 * 1), "calibration-full": 2 * 3 * 5 * (1 + 1 * 2)}
+    presets = {"smoke": "smoke", "quick": "quick", "full": "full", "calibration": "quick",
+               "calibration-full": "quick"}
     for name, n in counts.items():
         cells = expand_grid(name, "mini")
         assert len(cells) == n, name
@@ -170,7 +171,8 @@ def test_expand_grid_counts_and_kd_has_no_lambda():
     assert full.lambdas == (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
     assert full.rhos == (0.0, 0.125, 0.25, 0.5, 0.75, 1.0) and full.seeds == (1, 2, 3)
     calib = expand_grid("calibration")
-    assert sorted({c.data.pool_per_class for c in calib}) == [25, 50, 100, 200, 400]
+    assert sorted({c.data.pool_per_class for c in calib}) == [25, 50, 100, 200]
+    assert sorted({c.data.pool_per_class for c in expand_grid("calibration-full")}) == [25, 50, 100, 200, 400]
     # Seed-major order: a partial sweep has whole seeds done.
     quick = expand_grid("quick")
     assert [c.seed for c in quick[:27]] == [1] * 27
@@ -326,7 +328,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
         import sys
         from _fake_runner import fake_train_run
         from reprolib.sweep import main
-        sys.exit(main(["sweep", "--preset", "smoke", "--out", {str(out)!r}, "--device", "cpu",
+        sys.exit(main(["sweep", "--preset", "smoke", "--out", {str(out)!r}, "--device", "cpu", "--workers", "1",
                        "--no-progress"], run_fn=fake_train_run))
     """)
     env = _env(FAKE_RUNNER_LOG=log, FAKE_RUNNER_SLEEP=3.0)
