@@ -38,15 +38,31 @@ from .io import atomic_path, read_json, write_json, write_text
 ANALYSIS_RHOS = (0.0, 0.5, 1.0)
 
 
-def selected_runs(sweep_dir: str | Path, selection: str = "oracle", rhos=ANALYSIS_RHOS):
+def sweep_results(sweep_dir: str | Path, grid: str | None = None, world: str = "mini"):
+    """The results table of a sweep folder: ``results.csv`` (the grid that ran last),
+    or, when ``grid`` is named, that grid's finished runs (a folder may hold
+    several grids, e.g. the quick sweep and its calibration curve)."""
+    from .sweep import collect_results, expand_grid, load_results
+
+    if grid is None:
+        return load_results(sweep_dir)
+    results = collect_results(expand_grid(grid, world), sweep_dir)
+    if results.empty:
+        raise ReproError(f"the sweep in {sweep_dir} has no finished run of the {grid!r} grid; "
+                         f"run `python -m reprolib sweep --preset {grid} --out {sweep_dir}` first")
+    return results
+
+
+def selected_runs(sweep_dir: str | Path, selection: str = "oracle", rhos=ANALYSIS_RHOS,
+                  grid: str | None = None, world: str = "mini"):
     """The runs at the chosen λ of every (method, ρ), all seeds: a DataFrame with
     method, rho, seed, lambda_layer and the absolute run folder."""
     import pandas as pd
 
-    from .sweep import load_results, select_lambda
+    from .sweep import select_lambda
 
     sweep_dir = Path(sweep_dir)
-    results = load_results(sweep_dir)
+    results = sweep_results(sweep_dir, grid, world)
     if results["pool_per_class"].nunique(dropna=False) > 1:
         # A calibration sweep: analyse its most common pool size only.
         pool = results["pool_per_class"].mode().iloc[0]
@@ -82,14 +98,15 @@ def _stack(world):
     return torch.cat(xs), torch.cat(ys), torch.cat(ds)
 
 
-def _digest(path: Path, settings: dict) -> str:
-    text = path.read_bytes() + json.dumps(settings, sort_keys=True).encode()
+def _digest(results, settings: dict) -> str:
+    text = results.to_csv(index=False).encode() + json.dumps(settings, sort_keys=True).encode()
     return hashlib.sha256(text).hexdigest()[:16]
 
 
 def explain_sweep(sweep_dir: str | Path, out_dir: str | Path, *, tsne_images: int = 600,
                   lrp_images: int = 64, rhos=ANALYSIS_RHOS, selection: str = "oracle",
-                  progress: bool = True, force: bool = False) -> dict:
+                  progress: bool = True, force: bool = False, grid: str | None = None,
+                  world: str = "mini") -> dict:
     """Both analyses for a finished sweep; returns a dict of tables and arrays."""
     import pandas as pd
     from tqdm import tqdm
@@ -102,15 +119,15 @@ def explain_sweep(sweep_dir: str | Path, out_dir: str | Path, *, tsne_images: in
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     settings = {"tsne_images": tsne_images, "lrp_images": lrp_images, "rhos": list(rhos),
                 "selection": selection}
-    if not (sweep_dir / "results.csv").is_file():
+    if grid is None and not (sweep_dir / "results.csv").is_file():
         raise ReproError(f"no results.csv in {sweep_dir}: run `python -m reprolib sweep --out {sweep_dir}` first")
-    digest = _digest(sweep_dir / "results.csv", settings)
+    digest = _digest(sweep_results(sweep_dir, grid, world), settings)
     manifest = out_dir / "manifest.json"
     if not force and manifest.is_file() and read_json(manifest).get("digest") == digest:
         return load_explanations(out_dir)
 
     start = time.time()
-    runs = selected_runs(sweep_dir, selection, rhos)
+    runs = selected_runs(sweep_dir, selection, rhos, grid, world)
     cfg0 = RunConfig.from_dict(read_json(Path(runs["run_dir"].iloc[0]) / "metrics.json")["config"])
     world, x, y, digit = analysis_images(cfg0, max(tsne_images, lrp_images))
     teacher = build_teacher(cfg0, progress=False)
@@ -242,6 +259,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tsne-images", dest="tsne_images", type=int, default=600)
     p.add_argument("--lrp-images", dest="lrp_images", type=int, default=64)
     p.add_argument("--selection", default="oracle", help="oracle (default) or nonoracle (D3)")
+    p.add_argument("--grid", default=None,
+                   help="explain this grid's runs (default: the grid of DIR/results.csv)")
     p.add_argument("--force", action="store_true", help="recompute even if the outputs match")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cli)
@@ -255,7 +274,8 @@ def _cli(args) -> int:
         if getattr(args, name) < 11:
             raise ReproError(f"--{name.replace('_', '-')} must be at least 11 (k = 10 neighbours)")
     out = explain_sweep(args.sweep, args.out, tsne_images=args.tsne_images, lrp_images=args.lrp_images,
-                        selection=args.selection, progress=not args.quiet, force=args.force)
+                        selection=args.selection, progress=not args.quiet, force=args.force,
+                        grid=args.grid)
     result = {"out": str(args.out), "knn_summary": out["knn_summary"].to_dict(orient="records")}
     if "lrp_summary" in out:
         result["lrp_summary"] = out["lrp_summary"].to_dict(orient="records")
