@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 # Bumped whenever a change alters the numbers a run produces; part of every
 # cache key and run-folder hash, so stale results are never silently reused.
-CODE_VERSION = "reprolib-0.1.0"
+CODE_VERSION = "reprolib-0.1.1"   # 0.1.1: VkD uses the Cayley map
 
 from .errors import ReproError  # noqa: E402,F401
