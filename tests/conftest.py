@@ -93,24 +93,24 @@ def paper_root(tmp_path_factory) -> PaperRoot:
     return PaperRoot(imagenet, mnist, images, labels)
 
 
-@pytest.fixture(scope="session")
-def fake_resnet18_weights(tmp_path_factory) -> Path:
+def _fake_weights(tmp_path_factory, arch: str) -> Path:
+    """A randomly initialised torchvision ``arch`` saved as a pretrained-weights file."""
     import torchvision
 
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "resnet18-fake.pth"
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    path = tmp_path_factory.mktemp("weights") / f"{arch}-fake.pth"
+    torch.save(getattr(torchvision.models, arch)(weights=None).state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def fake_resnet18_weights(tmp_path_factory) -> Path:
+    return _fake_weights(tmp_path_factory, "resnet18")
 
 
 @pytest.fixture(scope="session")
 def fake_resnet101_weights(tmp_path_factory) -> Path:
-    import torchvision
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights101") / "resnet101-fake.pth"
-    torch.save(torchvision.models.resnet101(weights=None).state_dict(), path)
-    return path
+    return _fake_weights(tmp_path_factory, "resnet101")
 
 
 @pytest.fixture(scope="session")
