@@ -22,7 +22,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -547,7 +546,3 @@ def build_world(cfg: DataConfig, seed: int, **kwargs) -> World:
     if cfg.world == "paper":
         return PaperWorld(cfg, seed, **kwargs)
     raise ReproError(f"unknown world {cfg.world!r}; choose 'mini' or 'paper'")
-
-
-def clear_data_cache() -> None:
-    shutil.rmtree(cache_dir("data"), ignore_errors=True)

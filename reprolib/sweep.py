@@ -305,7 +305,7 @@ def plan_sweep(cells: Sequence[RunConfig], out_dir: str | os.PathLike) -> SweepP
     for cfg in cells:
         key = cfg.key()
         keys.add(key)
-        run_dir = out_dir / "runs" / key
+        run_dir = run_dir_for(out_dir, cfg)
         why = check_run(run_dir, key)
         if why is None:
             reused.append(cfg)
@@ -583,7 +583,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
         jobs = []
         for cfg in plan.todo:
             key = cfg.key()
-            run_dir = out_dir / "runs" / key
+            run_dir = run_dir_for(out_dir, cfg)
             if key in plan.redo:
                 _log(f"redoing run {key} ({_label(cfg)}): {plan.redo[key]}")
             _clear(run_dir)
@@ -599,7 +599,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
         for cfg in plan.todo:   # a run_fn that returned without finishing is a failure too
             key = cfg.key()
             if key not in failures:
-                why = check_run(out_dir / "runs" / key, key)
+                why = check_run(run_dir_for(out_dir, cfg), key)
                 if why is not None:
                     failures[key] = f"the run returned but its folder is unfinished: {why}"
 
@@ -628,7 +628,7 @@ def collect_results(cells: Iterable[RunConfig], out_dir: str | os.PathLike) -> "
     rows = []
     for cfg in cells:
         key = cfg.key()
-        run_dir = out_dir / "runs" / key
+        run_dir = run_dir_for(out_dir, cfg)
         if check_run(run_dir, key) is not None:
             continue
         m = read_json(run_dir / "metrics.json")

@@ -38,6 +38,7 @@ from .errors import ReproError
 from .hooks import FeatureCapture, feature_shapes
 from .io import cache_dir, torch_save, write_json
 from .models import FrozenTeacher, build_student
+from .teacher import build_teacher
 
 REQUIRED_METRICS = ("test_accuracy", "val_accuracy", "best_epoch", "test_accuracy_with_digit",
                     "test_accuracy_digit_differs", "predicts_digit", "teacher_test_accuracy",
@@ -159,7 +160,7 @@ def prepare(cfg: RunConfig, device: torch.device, progress: bool = True, world: 
 
     seed_everything(cfg.seed)
     world = world or build_world(cfg.data, cfg.seed)
-    teacher = _build_teacher(cfg, progress).to(device)
+    teacher = build_teacher(cfg, progress=progress).to(device)
     t_paths = [t for t, _ in cfg.layer_pairs]
     s_paths = [s for _, s in cfg.layer_pairs]
     student = build_student(cfg.student, world.num_classes).to(device)
@@ -184,12 +185,6 @@ def prepare(cfg: RunConfig, device: torch.device, progress: bool = True, world: 
     teacher.to(memory_format=torch.channels_last)
     student.to(memory_format=torch.channels_last)
     return world, teacher, student, method, layers, subspace_path
-
-
-def _build_teacher(cfg: RunConfig, progress: bool) -> FrozenTeacher:
-    from .teacher import build_teacher
-
-    return build_teacher(cfg, progress=progress)
 
 
 class Distiller:
