@@ -76,6 +76,7 @@ class RunConfig:
     student: str = "mini-student"
     layer_pairs: tuple[tuple[str, str], ...] = MINI_LAYER_PAIRS
     epochs: int = 20
+    val_every: int = 1                   # validate (and keep the best checkpoint) every N epochs
     lr: float = 1e-3
     lr_step: int = 5                     # StepLR(step, 0.5), per epoch (§5)
     lr_gamma: float = 0.5
@@ -122,16 +123,23 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # Seconds; for tests and CI. Its numbers mean nothing.
         "smoke": dict(pool_per_class=10, test_per_class=20, epochs=2, lr_step=1,
                       batch_size=16, subspace_positions=8, teacher_recipe="smoke"),
-        # The book's default, sized so that the whole quick sweep (81 runs) fits
-        # in minutes on 2 CPU cores: 10 epochs with the rate halved every 3 (the
-        # paper's 100/25 scaled by 1/10), 50 images per class in the pool (the
-        # pilot saw the effect at 40 and not at 400; see the calibration curve),
-        # 500 test images per class (standard error of an accuracy < 1 point).
-        "quick": dict(pool_per_class=50, test_per_class=500, epochs=10, lr_step=3,
-                      batch_size=32),
-        # The paper's recipe (§5): 100 epochs, halved every 25, batch 32, all test images.
-        "full": dict(pool_per_class=50, test_per_class=None, epochs=100, lr_step=25,
-                     batch_size=32),
+        # The book's default (issue "an adequate experiment"). Budgets count
+        # optimiser steps: 250 images per class in the pool; the protocol's
+        # training-size knob (§1.2, the authors' --training-size) keeps the
+        # validation part at 20 % of the pool (250 images, so the oracle selection
+        # has a standard error near 3 points) while the training part shrinks to
+        # 16 % (about 40 images per class, 200 in all, the regime where the pilot saw
+        # the effect). Batch 32, drop_last: 6 steps per epoch, 100 epochs = 600
+        # optimiser steps, the rate halved every 25 epochs (the paper's schedule in
+        # quarters of the run); validated every 2 epochs (50 checkpoints: every 12
+        # steps). 500 test images per class. Convergence is checked, not assumed:
+        # benchmarks/convergence.py compares it with 3x the steps.
+        "quick": dict(pool_per_class=250, train_fraction=0.16, test_per_class=500, epochs=100,
+                      lr_step=25, batch_size=32, val_every=2),
+        # The paper's recipe (§5): 100 epochs, halved every 25, batch 32, validated
+        # every epoch, all test images; the same data as quick.
+        "full": dict(pool_per_class=250, train_fraction=0.16, test_per_class=None, epochs=100,
+                     lr_step=25, batch_size=32, val_every=1),
     },
     "paper": {
         "smoke": dict(pool_per_class=None, test_per_class=None, epochs=1, lr_step=1,
@@ -246,7 +254,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ReproError(f"student_norm={cfg.student_norm!r}; choose one of {list(STUDENT_NORMS)}")
     if cfg.vid_variance not in VID_VARIANCES:
         raise ReproError(f"vid_variance={cfg.vid_variance!r}; choose one of {list(VID_VARIANCES)}")
-    for name in ("epochs", "batch_size", "lr_step", "subspace_positions"):
+    for name in ("epochs", "batch_size", "lr_step", "subspace_positions", "val_every"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or v < 1:
             raise ReproError(f"{name}={v!r} must be a positive integer")
@@ -275,3 +283,41 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
+
+
+def split_sizes(data: DataConfig) -> dict[str, int | None]:
+    """Images per split of a data config, without loading any image.
+
+    The distillation pool's size is known from the config in the mini world
+    (``pool_per_class`` × classes); the train/val sizes follow §1.2's
+    ``random_split`` (whose sizes do not depend on the seed). ``None`` where the
+    config alone does not say (the paper world's pool is whatever the ImageNet
+    folder holds; ``pool_per_class=None``).
+    """
+    k = len(data.subtask_classes)
+    out: dict[str, int | None] = {"pool": None, "train": None, "val": None, "test": None}
+    if data.world == "mini":
+        if data.pool_per_class is not None:
+            out["pool"] = data.pool_per_class * k
+        out["test"] = (data.test_per_class if data.test_per_class is not None else 1000) * k
+    elif data.test_per_class is not None:
+        out["test"] = data.test_per_class * k
+    if out["pool"] is not None:
+        from .data import train_val_split   # torch's random_split: exact sizes
+
+        tr, va = train_val_split(out["pool"], 0, data.train_fraction, data.val_fraction)
+        out["train"], out["val"] = int(len(tr)), int(len(va))
+    return out
+
+
+def steps_per_epoch(cfg: RunConfig) -> int | None:
+    """Optimiser steps in one epoch (batches of ``batch_size``, the last incomplete
+    one dropped), or ``None`` when the training-set size is not known from the config."""
+    n = split_sizes(cfg.data)["train"]
+    return None if n is None else n // cfg.batch_size
+
+
+def optimizer_steps(cfg: RunConfig) -> int | None:
+    """Optimiser steps of a whole run: ``epochs`` × :func:`steps_per_epoch`."""
+    per = steps_per_epoch(cfg)
+    return None if per is None else per * cfg.epochs

@@ -3,8 +3,11 @@
 Mini world (``mini-world.md``, "Models"): ResNets built from torchvision's
 ``BasicBlock`` (so zennit's ``ResNetCanonizer`` applies), one input channel, a
 3×3 stride-1 stem and four stages with strides 1/2/2/2: the teacher with widths
-32/64/128/256, the student with 16/32/64/128. The number of blocks per stage is
-:data:`MINI_BLOCKS`.
+32/64/128/256; the default student ``mini-student`` with 8/16/32/64, so that the
+distilled subspace has K/d = 0.25 at every layer (the paper's ResNet-101 →
+MobileNetV4-small pair has K/d between 0.25 and 0.06); ``mini-student-wide``
+(16/32/64/128, K/d = 0.5) is the first version's student, kept for the K/d
+ablation. The number of blocks per stage is :data:`MINI_BLOCKS`.
 
 Paper world (``paper-protocol.md`` §2, D11): torchvision ``resnet101`` /
 ``resnet18`` teachers with ImageNet weights loaded from the local torch cache
@@ -26,11 +29,12 @@ from .errors import ReproError
 
 MINI_BLOCKS = (1, 1, 1, 1)
 MINI_TEACHER_WIDTHS = (32, 64, 128, 256)
-MINI_STUDENT_WIDTHS = (16, 32, 64, 128)
+MINI_STUDENT_WIDTHS = (8, 16, 32, 64)          # K/d = 0.25 against the teacher
+MINI_STUDENT_WIDE_WIDTHS = (16, 32, 64, 128)    # K/d = 0.5 (the K/d ablation)
 RESNET18S_WIDTHS = (32, 64, 128, 256)
 
 TEACHERS = ("mini-teacher", "resnet101", "resnet18")
-STUDENTS = ("mini-student", "mobilenetv4_conv_small", "resnet18-s")
+STUDENTS = ("mini-student", "mini-student-wide", "mobilenetv4_conv_small", "resnet18-s")
 
 
 class BlockResNet(nn.Module):
@@ -89,15 +93,16 @@ def mini_teacher(num_classes: int = 10) -> BlockResNet:
                        num_classes=num_classes, stem="small")
 
 
-def mini_student(num_classes: int = 5) -> BlockResNet:
-    return BlockResNet(MINI_STUDENT_WIDTHS, MINI_BLOCKS, in_channels=1,
-                       num_classes=num_classes, stem="small")
+def mini_student(num_classes: int = 5, widths: Sequence[int] = MINI_STUDENT_WIDTHS) -> BlockResNet:
+    return BlockResNet(widths, MINI_BLOCKS, in_channels=1, num_classes=num_classes, stem="small")
 
 
 def build_student(name: str, num_classes: int) -> nn.Module:
     """A randomly initialised student (the caller seeds torch first)."""
     if name == "mini-student":
         return mini_student(num_classes)
+    if name == "mini-student-wide":
+        return mini_student(num_classes, MINI_STUDENT_WIDE_WIDTHS)
     if name == "resnet18-s":
         return BlockResNet(RESNET18S_WIDTHS, (2, 2, 2, 2), in_channels=3,
                            num_classes=num_classes, stem="imagenet")

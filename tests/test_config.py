@@ -33,19 +33,45 @@ def test_mini_smoke_preset_and_world_defaults():
     assert (cfg.method, cfg.seed, cfg.student_norm, cfg.vid_variance) == ("kd", 1, "standardize", "learned")
 
 
-@pytest.mark.parametrize("preset, pool, test, epochs, step, batch", [
-    ("quick", 50, 500, 10, 3, 32),
-    ("full", 50, None, 100, 25, 32),
+@pytest.mark.parametrize("preset, pool, test, epochs, step, batch, val_every", [
+    ("quick", 250, 500, 100, 25, 32, 2),
+    ("full", 250, None, 100, 25, 32, 1),
 ])
-def test_mini_quick_and_full_presets(preset, pool, test, epochs, step, batch):
+def test_mini_quick_and_full_presets(preset, pool, test, epochs, step, batch, val_every):
     cfg = make_config("mini", preset)
     assert (cfg.data.pool_per_class, cfg.data.test_per_class) == (pool, test)
-    assert (cfg.epochs, cfg.lr_step, cfg.batch_size, cfg.preset) == (epochs, step, batch, preset)
+    assert (cfg.epochs, cfg.lr_step, cfg.batch_size, cfg.preset, cfg.val_every) == (
+        epochs, step, batch, preset, val_every)
     assert cfg.teacher_recipe == "standard"
+    assert cfg.student == "mini-student"
+
+
+def test_quick_preset_budget_in_optimiser_steps():
+    """The adequate experiment: >= 500 optimiser steps, >= 250 validation images,
+    a small training set (the training-size knob, not a smaller pool)."""
+    from reprolib.config import optimizer_steps, split_sizes, steps_per_epoch
+
+    cfg = make_config("mini", "quick")
+    sizes = split_sizes(cfg.data)
+    assert sizes == {"pool": 1250, "train": 200, "val": 250, "test": 2500}
+    assert steps_per_epoch(cfg) == 6          # 200 // 32, the last batch dropped
+    assert optimizer_steps(cfg) == 600
+    # The sizes are those the world really builds (same random_split).
+    from reprolib.data import train_val_split
+
+    tr, va = train_val_split(1250, 7, cfg.data.train_fraction, cfg.data.val_fraction)
+    assert (len(tr), len(va)) == (200, 250)
+    assert optimizer_steps(make_config("paper", "quick")) is None   # pool size unknown
+
+
+def test_val_every_must_be_a_positive_integer():
+    with pytest.raises(ReproError, match="val_every"):
+        make_config("mini", "smoke", val_every=0)
 
 
 def test_presets_change_sizes_only_never_the_protocol():
-    protocol = ("contamination_rate", "val_digits", "train_fraction", "val_fraction", "artifact_corner")
+    # train_fraction is the protocol's own size knob (§1.2, the authors' --training-size).
+    protocol = ("contamination_rate", "val_digits", "val_fraction", "artifact_corner")
     base = make_config("mini", "quick")
     for preset in ("smoke", "full"):
         other = make_config("mini", preset)
@@ -161,7 +187,8 @@ RUN_CHANGES = dict(preset="quick", method="vid", seed=2, lambda_layer=10.0, lamb
                    temperature=2.0, teacher="resnet18", student="resnet18-s",
                    layer_pairs=(("layer1", "layer1"),), epochs=3, lr=5e-4, lr_step=2, lr_gamma=0.1,
                    weight_decay=1e-4, batch_size=8, student_norm="center", vid_variance="fixed",
-                   subspace_positions=5, teacher_weights="/x.pth", teacher_recipe="standard")
+                   subspace_positions=5, teacher_weights="/x.pth", teacher_recipe="standard",
+                   val_every=3)
 DATA_CHANGES = dict(world="paper", subtask_classes=(0, 2, 3, 4, 5), pool_per_class=50,
                     test_per_class=10, train_fraction=0.7, val_fraction=0.25, contamination_rate=0.5,
                     val_digits="correlated", artifact_size=6, artifact_corner="bottom-right",

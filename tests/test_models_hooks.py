@@ -27,8 +27,16 @@ def _hook_counts(model: nn.Module) -> int:
 def test_mini_teacher_and_student_feature_shapes():
     assert feature_shapes(mini_teacher(10), LAYERS, (1, 32, 32)) == {
         "layer1": (32, 32, 32), "layer2": (64, 16, 16), "layer3": (128, 8, 8), "layer4": (256, 4, 4)}
-    assert feature_shapes(mini_student(5), LAYERS, (1, 32, 32)) == {
+    student = feature_shapes(mini_student(5), LAYERS, (1, 32, 32))
+    assert student == {
+        "layer1": (8, 32, 32), "layer2": (16, 16, 16), "layer3": (32, 8, 8), "layer4": (64, 4, 4)}
+    wide = feature_shapes(build_student("mini-student-wide", 5), LAYERS, (1, 32, 32))
+    assert wide == {
         "layer1": (16, 32, 32), "layer2": (32, 16, 16), "layer3": (64, 8, 8), "layer4": (128, 4, 4)}
+    # The default pair distils K/d = 0.25 at every layer, the wide one 0.5 (the K/d ablation).
+    teacher = feature_shapes(mini_teacher(10), LAYERS, (1, 32, 32))
+    assert {student[k][0] / teacher[k][0] for k in LAYERS} == {0.25}
+    assert {wide[k][0] / teacher[k][0] for k in LAYERS} == {0.5}
 
 
 def test_mini_models_outputs_and_names():

@@ -1,0 +1,145 @@
+"""Are the quick preset's students converged? The rule, measured.
+
+The rule (stated in the book before methods are compared): for each method at
+ρ = 0, the quick preset's mean test accuracy over three seeds is within 2 points
+of the same configuration trained with 3x the optimiser steps (epochs, the rate
+schedule and the validation interval all scaled by 3; data, batch and λ the same).
+
+    python benchmarks/convergence.py [--preset quick] [--factor 3] [--seeds 1 2 3]
+        [--sweep DIR | --lambda 100] [--device cpu] [--out DIR]
+
+λ per layer method: the value that the quick sweep in ``--sweep DIR`` selected
+at this ρ (oracle rule), else ``--lambda`` for every layer method. Each seed's
+students (every method) train as one cohort: one teacher forward per batch.
+Finished runs in ``--out`` are reused. Prints a table, writes
+``convergence.csv`` and ``convergence.json`` into ``--out``, and, last, one line:
+``convergence: N of M methods within 2 points of 3x the steps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--world", default="mini")
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--rho", type=float, default=0.0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--factor", type=int, default=3, help="the long runs take this many times the steps")
+    p.add_argument("--methods", nargs="+", default=None)
+    p.add_argument("--sweep", default=None, help="a quick sweep folder: use the λ it selected")
+    p.add_argument("--lambda", dest="lam", type=float, default=100.0,
+                   help="λ of every layer method when --sweep is not given (default: 100, the authors' default)")
+    p.add_argument("--tolerance", type=float, default=0.02)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--teacher-recipe", default=None, help="e.g. smoke (tests only)")
+    p.add_argument("--out", default=None, help="default: $REPROLIB_CACHE/convergence/<world>-<preset>")
+    args = p.parse_args(argv)
+
+    import pandas as pd
+
+    from reprolib import sweep
+    from reprolib.cohort import train_cohort
+    from reprolib.config import METHODS, make_config, optimizer_steps
+    from reprolib.errors import ReproError
+    from reprolib.io import cache_dir, write_json, write_text
+
+    if args.factor < 2:
+        print("error: --factor must be at least 2 (the long runs take factor x the steps)", file=sys.stderr)
+        return 2
+    methods = tuple(args.methods or METHODS)
+    lambdas = {m: (0.0 if m == "kd" else args.lam) for m in methods}
+    if args.sweep:
+        summary = sweep.select_lambda(sweep.load_results(args.sweep), "oracle")
+        for m in methods:
+            row = summary[(summary["method"] == m) & ((summary["rho"] - args.rho).abs() < 1e-9)]
+            if m != "kd" and len(row):
+                lambdas[m] = float(row["lambda_layer"].iloc[0])
+    out = Path(args.out) if args.out else cache_dir("convergence") / f"{args.world}-{args.preset}"
+    extra = {"teacher_recipe": args.teacher_recipe} if args.teacher_recipe else {}
+
+    def config(method, seed, factor):
+        base = make_config(args.world, args.preset, method=method, seed=seed,
+                           contamination_rate=args.rho, lambda_layer=lambdas[method], **extra)
+        if factor == 1:
+            return base
+        return base.replace(epochs=base.epochs * factor, lr_step=base.lr_step * factor,
+                            val_every=base.val_every * factor)
+
+    rows = []
+    start = time.time()
+    try:
+        for factor in (1, args.factor):
+            for seed in args.seeds:
+                cfgs = [config(m, seed, factor) for m in methods]
+                dirs = [sweep.run_dir_for(out, c) for c in cfgs]
+                todo = [(c, d) for c, d in zip(cfgs, dirs) if sweep.check_run(d, c.key()) is not None]
+                if todo:
+                    print(f"training {len(todo)} students: seed {seed}, {optimizer_steps(cfgs[0])} steps",
+                          file=sys.stderr, flush=True)
+                    for _c, d in todo:
+                        d.mkdir(parents=True, exist_ok=True)
+                    train_cohort([c for c, _ in todo], [d for _, d in todo], device=args.device,
+                                 progress=False, threads=args.threads)
+                for c, d in zip(cfgs, dirs):
+                    metrics = json.loads((d / "metrics.json").read_text())
+                    rows.append({"method": c.method, "seed": seed, "factor": factor,
+                                 "lambda_layer": c.lambda_layer, "optimizer_steps": optimizer_steps(c),
+                                 "test_accuracy": metrics["test_accuracy"],
+                                 "best_epoch": metrics["best_epoch"], "epochs": c.epochs})
+    except ReproError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    runs = pd.DataFrame(rows)
+    agg = runs.groupby(["method", "factor"])["test_accuracy"].agg(["mean", "std", "count"]).reset_index()
+    table = []
+    for m in methods:
+        q = agg[(agg["method"] == m) & (agg["factor"] == 1)].iloc[0]
+        lg = agg[(agg["method"] == m) & (agg["factor"] == args.factor)].iloc[0]
+        diff = float(lg["mean"] - q["mean"])
+        table.append({
+            "method": m, "lambda_layer": lambdas[m],
+            "steps": int(runs[(runs["method"] == m) & (runs["factor"] == 1)]["optimizer_steps"].iloc[0]),
+            "steps_long": int(runs[(runs["method"] == m) & (runs["factor"] == args.factor)]["optimizer_steps"].iloc[0]),
+            "test_mean": float(q["mean"]), "test_std": _finite(q["std"]),
+            "test_mean_long": float(lg["mean"]), "test_std_long": _finite(lg["std"]),
+            "long_minus_quick": diff, "converged": bool(diff <= args.tolerance),
+        })
+    table = pd.DataFrame(table)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "convergence.csv", table.to_csv(index=False))
+    write_json(out / "convergence.json", {
+        "rule": f"mean test accuracy over seeds {args.seeds} at rho={args.rho:g} within "
+                f"{args.tolerance * 100:g} points of {args.factor}x the steps",
+        "world": args.world, "preset": args.preset, "device": args.device,
+        "seconds": time.time() - start, "table": table.to_dict(orient="records"),
+        "runs": runs.to_dict(orient="records")})
+    with_pd = table.copy()
+    for col in ("test_mean", "test_std", "test_mean_long", "test_std_long", "long_minus_quick"):
+        with_pd[col] = with_pd[col].map(lambda v: "–" if v is None else f"{v:.3f}")
+    print(with_pd.to_string(index=False))
+    n_ok = int(table["converged"].sum())
+    print(f"convergence: {n_ok} of {len(table)} methods within {args.tolerance * 100:g} points of "
+          f"{args.factor}x the steps ({args.preset} preset, rho={args.rho:g}, seeds {args.seeds}, "
+          f"device {args.device}, {time.time() - start:.0f} s)")
+    return 0
+
+
+def _finite(v):
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+if __name__ == "__main__":
+    sys.exit(main())
