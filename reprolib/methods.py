@@ -86,6 +86,23 @@ def attention_map(f: torch.Tensor) -> torch.Tensor:
     return F.normalize(f.pow(2).mean(dim=1).flatten(1), dim=1, eps=1e-12)
 
 
+# ---------------------------------------------------------------- the registry
+
+# The methods by the name users type (config, CLI, sweep grids), in registration order.
+METHODS: dict[str, type["DistillMethod"]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: register a :class:`DistillMethod` under ``name``."""
+    def deco(cls):
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return deco
+
+
 # ---------------------------------------------------------------- the abstraction
 
 class DistillMethod(nn.Module):
@@ -95,7 +112,16 @@ class DistillMethod(nn.Module):
     :meth:`student_one` and :meth:`pair_loss`; spatial pooling is done here.
     """
 
+    name = ""
     uses_layers = True
+    needs_subspaces = False   # the trainer fits the relevant subspaces (§4.2) for it
+
+    @classmethod
+    def build(cls, teacher_shapes: Sequence[Shape], student_shapes: Sequence[Shape], *,
+              student_norm: str = "standardize", vid_variance: str = "learned",
+              subspaces=None) -> "DistillMethod":
+        """The method for the given shapes; each class takes the options it needs."""
+        return cls(teacher_shapes, student_shapes)
 
     def __init__(self, teacher_shapes: Sequence[Shape] = (), student_shapes: Sequence[Shape] = ()):
         super().__init__()
@@ -146,15 +172,21 @@ class DistillMethod(nn.Module):
                              f"but got {len(feats)} feature maps")
 
 
+@register_method("kd")
 class KD(DistillMethod):
     """Output-only KD (§3.1): the objective is :func:`kd_loss` alone; no layer term."""
 
     uses_layers = False
 
+    @classmethod
+    def build(cls, teacher_shapes, student_shapes, **options):
+        return cls()
+
     def layer_losses(self, student_feats, teacher_feats) -> list[torch.Tensor]:
         return []
 
 
+@register_method("at")
 class AttentionTransfer(DistillMethod):
     """Attention transfer (Zagoruyko & Komodakis 2017; §3.2, ``attention_transfer.py``).
 
@@ -192,6 +224,7 @@ class _VIDLayer(nn.Module):
         return F.softplus(self.alpha) + VID_EPS
 
 
+@register_method("vid")
 class VID(DistillMethod):
     """Variational information distillation (Ahn et al. 2019; §3.3, ``vid.py``).
 
@@ -200,6 +233,10 @@ class VID(DistillMethod):
     Paper vs code (A5, D5): the method learns σ² (default ``"learned"``); the
     authors' GPU runs kept σ² = 5 by accident (``"fixed"``, a buffer).
     """
+
+    @classmethod
+    def build(cls, teacher_shapes, student_shapes, *, vid_variance="learned", **options):
+        return cls(teacher_shapes, student_shapes, vid_variance=vid_variance)
 
     def __init__(self, teacher_shapes, student_shapes, vid_variance: str = "learned"):
         super().__init__(teacher_shapes, student_shapes)
@@ -217,6 +254,7 @@ class VID(DistillMethod):
         return 0.5 * ((s - t).pow(2) / var + var.log()).mean()
 
 
+@register_method("vkd")
 class VkD(DistillMethod):
     """V_kD (Miles, Elezi & Deng 2024; §3.4, ``vkd.py``), per layer pair.
 
@@ -285,6 +323,7 @@ class _SubDistillLayer(nn.Module):
         self.rotation = orthogonal(nn.Linear(k, k, bias=False))
 
 
+@register_method("subdistill")
 class SubDistill(DistillMethod):
     """SubDistill (P2; §3.5, §4.4–4.6, ``ours.py::OrthogonalBasisCenterRotationV2Policy``).
 
@@ -297,6 +336,13 @@ class SubDistill(DistillMethod):
     BatchNorm uses its running mean and variance; the authors' divides by
     √(1 + eps) instead. Training is identical.
     """
+
+    needs_subspaces = True
+
+    @classmethod
+    def build(cls, teacher_shapes, student_shapes, *, subspaces=None, student_norm="standardize",
+              **options):
+        return cls(teacher_shapes, student_shapes, subspaces, student_norm=student_norm)
 
     def __init__(self, teacher_shapes, student_shapes, subspaces, student_norm: str = "standardize"):
         super().__init__(teacher_shapes, student_shapes)
@@ -329,10 +375,7 @@ class SubDistill(DistillMethod):
         return (s - t).pow(2).sum() / (b * h * w * self.layers[i].alpha)
 
 
-# ---------------------------------------------------------------- registry and objective
-
-METHODS = {"kd": KD, "at": AttentionTransfer, "vid": VID, "vkd": VkD, "subdistill": SubDistill}
-
+# ---------------------------------------------------------------- building and the objective
 
 def build_method(name: str, teacher_shapes: Sequence[Shape], student_shapes: Sequence[Shape], *,
                  student_norm: str = "standardize", vid_variance: str = "learned",
@@ -340,22 +383,17 @@ def build_method(name: str, teacher_shapes: Sequence[Shape], student_shapes: Seq
     """The method registered as ``name`` for the given (C, H, W) shapes per layer pair."""
     if name not in METHODS:
         raise ReproError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    if name == "kd":
-        return KD()
-    if name == "vid":
-        return VID(teacher_shapes, student_shapes, vid_variance=vid_variance)
-    if name == "subdistill":
-        return SubDistill(teacher_shapes, student_shapes, subspaces, student_norm=student_norm)
-    return METHODS[name](teacher_shapes, student_shapes)
+    return METHODS[name].build(teacher_shapes, student_shapes, student_norm=student_norm,
+                               vid_variance=vid_variance, subspaces=subspaces)
 
 
-def total_loss(kd_term: torch.Tensor, layer_terms: Sequence[torch.Tensor], lambda_layer: float,
+def loss_terms(kd_term: torch.Tensor, layer_terms: Sequence[torch.Tensor], lambda_layer: float,
                ce_term: torch.Tensor | None = None, lambda_task: float = 0.0
-               ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``L = λ_task·CE + KD + λ_layer·Σ_l L_l`` (§3.0; λ_kd = 1, λ_task = 0 in P1).
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``L = λ_task·CE + KD + λ_layer·Σ_l L_l`` and its named terms, as tensors.
 
-    Returns the scalar and the named terms as floats (for logging and
-    :func:`check_finite`).
+    Nothing is read to the host (the trainer accumulates the terms on the
+    device); :func:`total_loss` is the same with the terms as floats.
     """
     if lambda_task and ce_term is None:
         raise ReproError("lambda_task > 0 but no cross-entropy term was given; pass ce_term "
@@ -368,7 +406,19 @@ def total_loss(kd_term: torch.Tensor, layer_terms: Sequence[torch.Tensor], lambd
         total = total + lambda_task * ce_term
         terms["ce"] = ce_term
     terms["total"] = total
-    return total, {k: float(v.detach()) for k, v in terms.items()}
+    return total, {k: v.detach() for k, v in terms.items()}
+
+
+def total_loss(kd_term: torch.Tensor, layer_terms: Sequence[torch.Tensor], lambda_layer: float,
+               ce_term: torch.Tensor | None = None, lambda_task: float = 0.0
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """``L = λ_task·CE + KD + λ_layer·Σ_l L_l`` (§3.0; λ_kd = 1, λ_task = 0 in P1).
+
+    Returns the scalar and the named terms as floats (for logging and
+    :func:`check_finite`).
+    """
+    total, terms = loss_terms(kd_term, layer_terms, lambda_layer, ce_term, lambda_task)
+    return total, {k: float(v) for k, v in terms.items()}
 
 
 def check_finite(terms: dict[str, float], step: int) -> None:
