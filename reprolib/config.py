@@ -303,11 +303,21 @@ def split_sizes(data: DataConfig) -> dict[str, int | None]:
     elif data.test_per_class is not None:
         out["test"] = data.test_per_class * k
     if out["pool"] is not None:
-        from .data import train_val_split   # torch's random_split: exact sizes
-
-        tr, va = train_val_split(out["pool"], 0, data.train_fraction, data.val_fraction)
-        out["train"], out["val"] = int(len(tr)), int(len(va))
+        out["train"], out["val"] = split_lengths(out["pool"], data.train_fraction, data.val_fraction)
     return out
+
+
+def split_lengths(n: int, train_fraction: float, val_fraction: float) -> tuple[int, int]:
+    """Sizes of the train and val parts that :func:`reprolib.data.train_val_split`
+    gives for a pool of ``n`` (torch's ``random_split`` rule: floors, then the
+    remainder one by one from the first part), computed without torch."""
+    rest = max(0.0, 1.0 - train_fraction - val_fraction)
+    fracs = [train_fraction, val_fraction] + ([rest] if rest > 1e-9 else [])
+    total = sum(fracs)
+    lengths = [int(math.floor(n * (f / total))) for f in fracs]
+    for i in range(n - sum(lengths)):
+        lengths[i % len(lengths)] += 1
+    return lengths[0], lengths[1]
 
 
 def steps_per_epoch(cfg: RunConfig) -> int | None:

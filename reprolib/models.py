@@ -115,6 +115,17 @@ def build_student(name: str, num_classes: int) -> nn.Module:
     raise ReproError(f"unknown student {name!r}; choose one of {list(STUDENTS)}")
 
 
+def teacher_architecture(name: str) -> nn.Module:
+    """A teacher's architecture without its weights (for shapes and plans: nothing is loaded)."""
+    if name == "mini-teacher":
+        return mini_teacher(10)
+    import torchvision
+
+    if name in ("resnet101", "resnet18"):
+        return getattr(torchvision.models, name)(weights=None)
+    raise ReproError(f"the architecture of teacher {name!r} is known only once it is loaded")
+
+
 def load_paper_teacher(name: str, weights_file: str | os.PathLike | None = None) -> nn.Module:
     """torchvision ResNet with IMAGENET1K_V1 weights, from a file or the local torch cache.
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from .config import RunConfig
+from .config import RunConfig, split_sizes
 from .errors import ReproError
 from .io import read_json, write_text
 from .rundirs import check_run, run_dir_for
@@ -20,13 +20,19 @@ if TYPE_CHECKING:
     import pandas as pd
 
 # Columns of results.csv, in order: the cell, its metrics, where it lives.
-CELL_COLUMNS = ("method", "rho", "seed", "lambda_layer", "pool_per_class")
+# ``student`` and ``train_per_class`` (training images per class: the pool's
+# training part, §1.2) tell apart the cells of the K/d ablation and of the
+# fixed-step calibration grid; λ is selected separately for each value.
+CELL_COLUMNS = ("method", "rho", "seed", "lambda_layer", "pool_per_class", "train_per_class",
+                "student")
 METRIC_COLUMNS = (
     "val_accuracy", "test_accuracy", "test_accuracy_with_digit",
     "test_accuracy_digit_differs", "predicts_digit",
     "nonoracle_val_accuracy", "nonoracle_test_accuracy",
-    "teacher_test_accuracy", "best_epoch", "seconds",
+    "teacher_test_accuracy", "best_epoch", "optimizer_steps", "seconds",
 )
+# Cell columns (besides method and ρ) that split the λ selection when present.
+GROUP_COLUMNS = ("pool_per_class", "train_per_class", "student")
 # The split accuracies of the non-oracle checkpoint, where the trainer gives them.
 OPTIONAL_METRIC_COLUMNS = (
     "nonoracle_test_accuracy_with_digit", "nonoracle_test_accuracy_digit_differs",
@@ -58,18 +64,22 @@ def collect_results(cells: Iterable[RunConfig], out_dir: str | os.PathLike) -> "
         if check_run(run_dir, key) is not None:
             continue
         m = read_json(run_dir / "metrics.json")
+        sizes = split_sizes(cfg.data)
+        k = len(cfg.data.subtask_classes)
         rows.append({
             "method": cfg.method,
             "rho": float(cfg.data.contamination_rate),
             "seed": int(cfg.seed),
             "lambda_layer": math.nan if cfg.method == "kd" else float(cfg.lambda_layer),
             "pool_per_class": cfg.data.pool_per_class,
-            **{k: m.get(k) for k in METRIC_COLUMNS},
+            "train_per_class": None if sizes["train"] is None else round(sizes["train"] / k),
+            "student": cfg.student,
+            **{name: m.get(name) for name in METRIC_COLUMNS},
             "run_dir": str(Path("runs") / key),
             "world": cfg.data.world,
             "preset": cfg.preset,
             "config_key": key,
-            **{k: m.get(k) for k in OPTIONAL_METRIC_COLUMNS},
+            **{name: m.get(name) for name in OPTIONAL_METRIC_COLUMNS},
         })
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
@@ -119,9 +129,7 @@ def select_lambda(results: "pd.DataFrame", selection: str = "oracle") -> "pd.Dat
     if missing:
         raise ReproError(f"the results table lacks column(s) {missing} needed for "
                          f"{selection} selection")
-    group_cols = ["method", "rho"]
-    if "pool_per_class" in results.columns:
-        group_cols.append("pool_per_class")
+    group_cols = ["method", "rho"] + [c for c in GROUP_COLUMNS if c in results.columns]
     split_cols = {}
     for name in SPLIT_METRICS:
         col = name if selection == "oracle" else f"nonoracle_{name}"

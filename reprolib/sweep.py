@@ -303,9 +303,82 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fp32 (default; the reference numbers) or bf16 autocast (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the students")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (runs, axes, optimiser steps, split sizes, models, K/d) "
+                        "as one JSON object and exit; trains nothing")
+
+
+def plan_summary(grid: str | SweepGrid, world: str = "mini", limit: int | None = None) -> dict:
+    """What a sweep would run, read before running it (``sweep --dry-run``).
+
+    ``optimizer_steps_per_run``, ``train_images``, ``val_images`` and
+    ``test_images`` are single numbers when every cell agrees, else the sorted
+    list of their values (``null`` where the config alone does not say, as for
+    the paper world's pool). ``k_over_d``: the largest ratio of the student's to
+    the teacher's channels over the distilled layers, over the grid's students.
+    """
+    from .config import optimizer_steps, split_sizes
+
+    grid = get_grid(grid)
+    cells = expand_grid(grid, world)
+    if limit is not None:
+        cells = cells[:limit]
+
+    def one(values):
+        values = sorted({v for v in values if v is not None})
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else values
+
+    sizes = [split_sizes(c.data) for c in cells]
+    ratios = {}
+    for c in cells:
+        pair = (c.teacher, c.student, c.layer_pairs, c.data.image_size)
+        if pair not in ratios:
+            ratios[pair] = _k_over_d(c)
+    students = sorted({c.student for c in cells})
+    teachers = sorted({c.teacher for c in cells})
+    return {
+        "grid": grid.name, "world": world, "run_preset": grid.run_preset,
+        "runs": len(cells), "cohorts": len(group_cohorts(cells)),
+        "methods": list(grid.methods), "rhos": list(grid.rhos), "seeds": list(grid.seeds),
+        "lambdas": list(grid.lambdas),
+        "optimizer_steps_per_run": one(optimizer_steps(c) for c in cells),
+        "train_images": one(s["train"] for s in sizes),
+        "val_images": one(s["val"] for s in sizes),
+        "test_images": one(s["test"] for s in sizes),
+        "student": students[0] if len(students) == 1 else students,
+        "teacher": teachers[0] if len(teachers) == 1 else teachers,
+        "k_over_d": max((r for r in ratios.values() if r is not None), default=None),
+        "note": grid.note,
+    }
+
+
+def _k_over_d(cfg: RunConfig) -> float | None:
+    """max over layer pairs of (student channels / teacher channels), from the
+    models' architectures (no weights loaded)."""
+    if not cfg.layer_pairs:
+        return None
+    from .hooks import feature_shapes
+    from .models import build_student, teacher_architecture
+
+    k = len(cfg.data.subtask_classes)
+    try:
+        teacher = teacher_architecture(cfg.teacher)
+    except ReproError:
+        return None        # a user's teacher file: its shapes are known once it is loaded
+    channels = 1 if cfg.data.world == "mini" else 3
+    shape = (channels, cfg.data.image_size, cfg.data.image_size)
+    t_shapes = feature_shapes(teacher, [t for t, _ in cfg.layer_pairs], shape)
+    s_shapes = feature_shapes(build_student(cfg.student, k), [s for _, s in cfg.layer_pairs], shape)
+    return max(s_shapes[s][0] / t_shapes[t][0] for t, s in cfg.layer_pairs)
 
 
 def _cli_sweep(args: argparse.Namespace) -> int:
+    if getattr(args, "dry_run", False):
+        json.dump(plan_summary(args.preset, args.world, args.limit), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
     out = args.out or cache_dir("sweeps", f"{args.world}-{args.preset}")
     results = run_sweep(args.preset, out, world=args.world, backend=args.backend,
                         workers=cpu_count() if args.workers is None else args.workers, device=args.device,

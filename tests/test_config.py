@@ -64,6 +64,16 @@ def test_quick_preset_budget_in_optimiser_steps():
     assert optimizer_steps(make_config("paper", "quick")) is None   # pool size unknown
 
 
+@pytest.mark.parametrize("n", [7, 50, 1250, 1251])
+@pytest.mark.parametrize("train", [0.08, 0.16, 0.5, 0.64, 0.8])
+def test_split_lengths_match_the_world_split(n, train):
+    from reprolib.config import split_lengths
+    from reprolib.data import train_val_split
+
+    tr, va = train_val_split(n, 3, train, 0.2)
+    assert split_lengths(n, train, 0.2) == (len(tr), len(va))
+
+
 def test_val_every_must_be_a_positive_integer():
     with pytest.raises(ReproError, match="val_every"):
         make_config("mini", "smoke", val_every=0)
