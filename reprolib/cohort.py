@@ -274,7 +274,11 @@ class Cohort:
         self.tcap.features = {}
         targets = {}
         for key, (method, idx) in self.transforms.items():
-            targets[key] = method.teacher_transform([feats[i].float() for i in idx])
+            # Under bf16 the transforms (pooling, projections) run on the bf16 maps and
+            # only their (smaller) outputs are cast to float32.
+            with self.autocast():
+                out = method.teacher_transform([feats[i] for i in idx])
+            targets[key] = [t.float() for t in out]
         return logits.float(), targets
 
     def _batches(self):

@@ -164,3 +164,11 @@ def test_resolve_device():
         assert resolve_device("cuda:0") == "cuda:0"
         with pytest.raises(ReproError, match="does not exist"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_bf16_autocast_runs_on_the_cpu_and_is_recorded(tmp_path):
+    cfg = make_config("mini", "smoke", method="subdistill", contamination_rate=1.0, lambda_layer=1.0)
+    metrics = train_run(cfg, tmp_path, progress=False, precision="bf16")
+    assert metrics["precision"] == "bf16" and 0 <= metrics["test_accuracy"] <= 1
+    with pytest.raises(ReproError, match="unknown precision 'fp8'"):
+        train_run(cfg, tmp_path / "x", progress=False, precision="fp8")
