@@ -26,6 +26,7 @@ equal; with different thread counts small float differences are expected.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -47,7 +48,10 @@ def compare_cohort(args) -> int:
     from reprolib.cohort import Cohort
 
     torch.set_num_threads(args.threads or 1)
-    cells = group_cohorts(expand_grid(args.preset, args.world))[0]
+    grid = SWEEP_PRESETS[args.preset]
+    if args.lambdas:
+        grid = dataclasses.replace(grid, lambdas=tuple(float(v) for v in args.lambdas.split(",")))
+    cells = group_cohorts(expand_grid(grid, args.world))[0]
     if args.teacher_recipe:
         cells = [c.replace(teacher_recipe=args.teacher_recipe) for c in cells]
     n = len(cells)
@@ -86,7 +90,7 @@ def compare_cohort(args) -> int:
     coh_setup, coh_total, coh_states = train(cells)
     identical = all(torch.equal(a[k], b[k]) for a, b in zip(sep_states, coh_states) for k in a)
     report = {
-        "world": args.world, "preset": args.preset, "students": n,
+        "world": args.world, "preset": args.preset, "lambdas": list(grid.lambdas), "students": n,
         "methods": sorted({c.method for c in cells}), "steps": args.steps,
         "threads": torch.get_num_threads(), "device": args.device,
         "teacher_recipe": cells[0].teacher_recipe, "student": cells[0].student,
@@ -118,6 +122,8 @@ def main(argv=None) -> int:
                    help="time one full cohort of the preset as separate runs and as a cohort")
     p.add_argument("--steps", type=int, default=30,
                    help="--compare-cohort: optimiser steps per student (default 30)")
+    p.add_argument("--lambdas", default=None, metavar="L1,L2,...",
+                   help="--compare-cohort: replace the preset's lambda grid (e.g. 1,10,100,1000)")
     p.add_argument("--teacher-recipe", default=None,
                    help="mini teacher recipe for the timed configs ('smoke' trains in seconds)")
     args = p.parse_args(argv)

@@ -189,6 +189,10 @@ class Cohort:
         if out.shape[1] != self.world.num_classes:
             raise ReproError(f"the teacher gives {out.shape[1]} subtask logits for "
                              f"{self.world.num_classes} classes")
+        self.steps_per_epoch = self.world.num_batches("train", cfg0.batch_size, drop_last=True)
+        if self.steps_per_epoch == 0:
+            raise ReproError(f"the training split has fewer images than one batch "
+                             f"({cfg0.batch_size}); lower --batch-size or raise pool_per_class")
         out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(cfgs)
         self.members = [_Member(i, c, None if d is None else Path(d))
                         for i, c, d in zip(range(len(cfgs)), cfgs, out_dirs)]
@@ -215,10 +219,6 @@ class Cohort:
                       m.cfg.student_norm) if m.t_paths else None
             if m.tkey is not None:
                 self.transforms.setdefault(m.tkey, (m.method, m.t_idx))
-        self.steps_per_epoch = self.world.num_batches("train", cfg0.batch_size, drop_last=True)
-        if self.steps_per_epoch == 0:
-            raise ReproError(f"the training split has fewer images than one batch "
-                             f"({cfg0.batch_size}); lower --batch-size or raise pool_per_class")
         seed_everything(cfg0.seed)
         self.gen = torch.Generator().manual_seed(cfg0.seed)
         self._precomputed = None
