@@ -101,6 +101,19 @@ class _Capture:
         self.features = {}
 
 
+_LOGITS = "__logits__"
+
+
+def _extractor(model: torch.nn.Module, paths: Sequence[str]) -> torch.nn.Module:
+    """``model`` as an FX graph returning ``{path: output, _LOGITS: logits}`` (shared modules)."""
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    train_nodes, _ = get_graph_node_names(model)
+    return_nodes = {p: p for p in paths}
+    return_nodes[train_nodes[-1]] = _LOGITS
+    return create_feature_extractor(model, return_nodes=return_nodes)
+
+
 def _fast(x: torch.Tensor, dev: torch.device) -> torch.Tensor:
     return x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
@@ -223,6 +236,10 @@ class Cohort:
         if out.shape[1] != self.world.num_classes:
             raise ReproError(f"the teacher gives {out.shape[1]} subtask logits for "
                              f"{self.world.num_classes} classes")
+        self.steps_per_epoch = self.world.num_batches("train", cfg0.batch_size, drop_last=True)
+        if self.steps_per_epoch == 0:
+            raise ReproError(f"the training split has fewer images than one batch "
+                             f"({cfg0.batch_size}); lower --batch-size or raise pool_per_class")
         out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(cfgs)
         self.members = [_Member(i, c, None if d is None else Path(d))
                         for i, c, d in zip(range(len(cfgs)), cfgs, out_dirs)]
@@ -249,10 +266,6 @@ class Cohort:
                       m.cfg.student_norm) if m.t_paths else None
             if m.tkey is not None:
                 self.transforms.setdefault(m.tkey, (m.method, m.t_idx))
-        self.steps_per_epoch = self.world.num_batches("train", cfg0.batch_size, drop_last=True)
-        if self.steps_per_epoch == 0:
-            raise ReproError(f"the training split has fewer images than one batch "
-                             f"({cfg0.batch_size}); lower --batch-size or raise pool_per_class")
         seed_everything(cfg0.seed)
         self.gen = torch.Generator().manual_seed(cfg0.seed)
         self._precomputed = None
@@ -288,8 +301,15 @@ class Cohort:
         uses = m.method.uses_layers
         m.t_paths = t_paths if uses else []
         m.s_paths = s_paths if uses else []
-        m.scap = _Capture(m.student, m.s_paths)
-        m.forward = torch.compile(m.student) if self.compile else m.student
+        if self.compile:
+            # Hooks on submodules do not fire inside a compiled graph: compile an FX
+            # feature extractor instead (the same modules and parameters, returning
+            # the logits and the hooked layers' outputs).
+            m.scap = _Capture(m.student, [])
+            m.forward = torch.compile(_extractor(m.student, m.s_paths))
+        else:
+            m.scap = _Capture(m.student, m.s_paths)
+            m.forward = None
         params = list(m.student.parameters()) + list(m.method.parameters())
         fused = {"fused": True} if dev.type == "cuda" else {}
         # Weight decay stays 0 (§5).
@@ -321,7 +341,11 @@ class Cohort:
         self.tcap.features = {}
         targets = {}
         for key, (method, idx) in self.transforms.items():
-            targets[key] = method.teacher_transform([feats[i].float() for i in idx])
+            # Under bf16 the transforms (pooling, projections) run on the bf16 maps and
+            # only their (smaller) outputs are cast to float32.
+            with self.autocast():
+                out = method.teacher_transform([feats[i] for i in idx])
+            targets[key] = [t.float() for t in out]
         return logits.float(), targets
 
     def _batches(self):
@@ -358,17 +382,23 @@ class Cohort:
     # -- the students --------------------------------------------------------
     def _member_step(self, m: _Member, x, y, t_logits, targets) -> None:
         cfg = m.cfg
-        m.scap.armed = bool(m.s_paths)
-        try:
+        if m.forward is not None:       # compiled
             with self.autocast():
-                s_logits = m.forward(x)
-        finally:
-            m.scap.armed = False
+                out = m.forward(x)
+            s_logits, raw = out[_LOGITS], [out[p] for p in m.s_paths]
+        else:
+            m.scap.armed = bool(m.s_paths)
+            try:
+                with self.autocast():
+                    s_logits = m.student(x)
+            finally:
+                m.scap.armed = False
+            raw = m.scap.get() if m.s_paths else []
         with self.autocast():
             kd = methods_module.kd_loss(s_logits.float(), t_logits, cfg.temperature)
             layer_terms = []
             if m.s_paths:
-                s_feats = m.method.student_transform([f.float() for f in m.scap.get()])
+                s_feats = m.method.student_transform([f.float() for f in raw])
                 layer_terms = m.method.criterion(s_feats, targets[m.tkey])
             ce = (F.cross_entropy(s_logits.float(), y.to(self.dev)) if cfg.lambda_task > 0 else None)
         m.scap.features = {}

@@ -86,9 +86,25 @@ def attention_map(f: torch.Tensor) -> torch.Tensor:
     return F.normalize(f.pow(2).mean(dim=1).flatten(1), dim=1, eps=1e-12)
 
 
+def _channel_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A 1×1 convolution without bias as one matrix multiply: ``y[b,o,h,w] = Σ_c W[o,c] x[b,c,h,w]``.
+
+    ``x`` (B, C, H, W) is viewed channels-last (free for the trainer's
+    channels_last maps); ``weight`` is (O, C) or a conv weight (O, C, 1, 1). The
+    result is a channels-last (B, O, H, W) tensor.
+    """
+    b, c, h, w = x.shape
+    y = x.permute(0, 2, 3, 1).reshape(b * h * w, c) @ weight.reshape(weight.shape[0], c).t()
+    return y.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
 # ---------------------------------------------------------------- the registry
 
-# The methods by the name users type (config, CLI, sweep grids), in registration order.
+# The methods by the name users type, in registration order: the trainer, the sweep's
+# workers and the tests use this registry. ``reprolib.config.METHODS`` is the same names
+# as a plain tuple, because config, the sweep's driver and ``--help`` must not import
+# torch (measured: 0.5 s to import reprolib.sweep, 13-15 s with torch on the loaded
+# 2-core machine); tests/test_cohort.py checks that the two agree.
 METHODS: dict[str, type["DistillMethod"]] = {}
 
 
@@ -247,7 +263,12 @@ class VID(DistillMethod):
                                     for t, s in zip(self.teacher_shapes, self.student_shapes))
 
     def student_one(self, i, s):
-        return self.layers[i].regressor(s)
+        # The regressor's three 1×1 convolutions as matrix multiplies over the
+        # channels of a channels-last view (same weights, same state dict).
+        reg = self.layers[i].regressor
+        z = F.relu(_channel_mm(s, reg[0].weight))
+        z = F.relu(_channel_mm(z, reg[2].weight))
+        return _channel_mm(z, reg[4].weight)
 
     def pair_loss(self, i, s, t):
         var = self.layers[i].variance().view(1, -1, 1, 1)
@@ -364,11 +385,12 @@ class SubDistill(DistillMethod):
 
     def teacher_one(self, i, t):
         layer = self.layers[i]
-        return torch.einsum("bdhw,dk->bkhw", t - layer.mean.view(1, -1, 1, 1), layer.basis)
+        # U_Kᵀ(t − μ) per position: a matrix multiply over channels (a 1×1 convolution).
+        return _channel_mm(t - layer.mean.view(1, -1, 1, 1), layer.basis.t())
 
     def student_one(self, i, s):
         layer = self.layers[i]
-        return torch.einsum("jk,bkhw->bjhw", layer.rotation.weight, layer.norm(s))
+        return _channel_mm(layer.norm(s), layer.rotation.weight)
 
     def pair_loss(self, i, s, t):
         b, _, h, w = s.shape

@@ -164,3 +164,23 @@ def test_resolve_device():
         assert resolve_device("cuda:0") == "cuda:0"
         with pytest.raises(ReproError, match="does not exist"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_bf16_autocast_runs_on_the_cpu_and_is_recorded(tmp_path):
+    cfg = make_config("mini", "smoke", method="subdistill", contamination_rate=1.0, lambda_layer=1.0)
+    metrics = train_run(cfg, tmp_path, progress=False, precision="bf16")
+    assert metrics["precision"] == "bf16" and 0 <= metrics["test_accuracy"] <= 1
+    with pytest.raises(ReproError, match="unknown precision 'fp8'"):
+        train_run(cfg, tmp_path / "x", progress=False, precision="fp8")
+
+
+@pytest.mark.slow
+def test_compiled_students_train_like_eager_ones(tmp_path):
+    """compile=True (an FX feature extractor under torch.compile): same run up to rounding."""
+    cfgs = [make_config("mini", "smoke", method=m, contamination_rate=1.0, lambda_layer=1.0)
+            for m in ("kd", "subdistill")]
+    compiled = train_cohort(cfgs, [tmp_path / "c0", tmp_path / "c1"], progress=False, compile=True)
+    eager = train_cohort(cfgs, [tmp_path / "e0", tmp_path / "e1"], progress=False)
+    for c, e in zip(compiled, eager):
+        assert c["compile"] is True and e["compile"] is False
+        assert c["curves"]["loss"] == pytest.approx(e["curves"]["loss"], rel=1e-4)
