@@ -211,6 +211,12 @@ def check_page(page, url: str, rel: str, html: Path, base: str, ids_cache: dict)
     return problems
 
 
+def _redirect_target(path: Path) -> str | None:
+    head = path.read_text(encoding="utf-8", errors="replace")[:2000]
+    m = re.search(r"""http-equiv=["']?refresh["']?[^>]*content=["'][^"']*url=([^"'>]+)""", head, re.I)
+    return m.group(1).strip() if m else None
+
+
 def _around(text: str, m: re.Match, width: int = 40) -> str:
     return " ".join(text[max(0, m.start() - width): m.end() + width].split())
 
@@ -260,6 +266,14 @@ def main(argv=None) -> int:
             context = browser.new_context(viewport={"width": args.width, "height": 900})
             for path in pages:
                 rel = path.relative_to(html).as_posix()
+                redirect = _redirect_target(path)
+                if redirect is not None:   # e.g. Jupyter Book's index.html: only its target must exist
+                    target = (path.parent / redirect.split("#")[0]).resolve()
+                    ok = target.is_file()
+                    print(f"{'ok  ' if ok else 'FAIL'} {rel} (redirects to {redirect})", flush=True)
+                    if not ok:
+                        failures[rel] = [f"redirects to a missing page: {redirect}"]
+                    continue
                 page = context.new_page()
                 problems = check_page(page, base + rel, rel, html, base, ids_cache)
                 if rel == args.results_page and not any(p.startswith("did not load") for p in problems):
