@@ -129,7 +129,8 @@ def _ids_in_file(path: Path, cache: dict) -> set[str]:
     return cache[path]
 
 
-def check_page(page, url: str, rel: str, html: Path, base: str, ids_cache: dict) -> list[str]:
+def check_page(page, url: str, rel: str, html: Path, base: str, ids_cache: dict,
+               require_text: re.Pattern | None = None) -> list[str]:
     """Open one page; return its failures as sentences."""
     problems: list[str] = []
     console, errors, failed, external = [], [], [], []
@@ -186,6 +187,8 @@ def check_page(page, url: str, rel: str, html: Path, base: str, ids_cache: dict)
     nan_cells = [c for c in info["cells"] if NAN_WORD.fullmatch(c)]
     if nan_cells:
         problems.append(f"{len(nan_cells)} table cell(s) contain a NaN")
+    if require_text is not None and rel.startswith("notebooks/") and not require_text.search(info["text"]):
+        problems.append(f"the page does not say /{require_text.pattern}/ (e.g. that smoke numbers mean nothing)")
     cut = [c for c in info["cells"] if c in ("…", "...") or c.endswith("…")]
     if cut:
         problems.append(f"{len(cut)} truncated table cell(s), e.g. {cut[0]!r}")
@@ -230,6 +233,9 @@ def main(argv=None) -> int:
                         help="where to write the screenshot (default: <build>/../results_screenshot.png)")
     parser.add_argument("--chromium", default=None, help="Chromium executable (default: $CHROMIUM or on PATH)")
     parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--require-text", default=None, metavar="REGEX",
+                        help="every notebook page (under notebooks/) must show text matching REGEX (case-insensitive), "
+                             "e.g. the smoke book's notice that its numbers mean nothing")
     parser.add_argument("--require-browser", action="store_true", help="exit 3 instead of skipping")
     args = parser.parse_args(argv)
 
@@ -254,6 +260,11 @@ def main(argv=None) -> int:
         print(f"check_book: SKIPPED - the browser check needs {missing}")
         return 3 if args.require_browser else 0
 
+    try:
+        require_text = re.compile(args.require_text, re.I) if args.require_text else None
+    except re.error as exc:
+        print(f"error: --require-text is not a valid regular expression ({exc})", file=sys.stderr)
+        return 2
     if screenshot.is_file():
         screenshot.unlink()   # never report a screenshot left by an earlier run
     pages = content_pages(html)
@@ -275,7 +286,7 @@ def main(argv=None) -> int:
                         failures[rel] = [f"redirects to a missing page: {redirect}"]
                     continue
                 page = context.new_page()
-                problems = check_page(page, base + rel, rel, html, base, ids_cache)
+                problems = check_page(page, base + rel, rel, html, base, ids_cache, require_text)
                 if rel == args.results_page and not any(p.startswith("did not load") for p in problems):
                     screenshot.parent.mkdir(parents=True, exist_ok=True)
                     page.screenshot(path=str(screenshot), full_page=True)

@@ -125,3 +125,14 @@ def test_not_a_build_is_a_usage_error(tmp_path):
     result = _run(tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error:") and "no index.html" in result.stderr
+
+
+def test_required_notice_on_notebook_pages(tmp_path):
+    _browser_or_skip()
+    html = _site(tmp_path)
+    result = _run(html, "--require-text", "numbers mean nothing")
+    assert result.returncode == 1
+    assert "FAIL notebooks/07_results.html" in result.stdout and "ok   index.html" in result.stdout
+    page = html / "notebooks" / "07_results.html"
+    page.write_text(page.read_text().replace("<h2", "<p>Smoke preset: these numbers mean nothing.</p><h2"))
+    assert _run(html, "--require-text", "numbers mean nothing").returncode == 0
