@@ -42,6 +42,7 @@ TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 ERROR_WORD = re.compile(r"\b\w*Error\b")
 NAN_WORD = re.compile(r"\bnan\b", re.I)
 MACHINE_PATH = re.compile(r"(?<![\w.~])(/root/|/home/|/tmp/|/work/|/Users/|[A-Z]:\\Users\\)")
+PANDAS_CUT = re.compile(r"\[\d+ rows x \d+ columns\]")
 RAW_MATH = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$")
 
 # Runs in the page: everything the checks need, in one round trip.
@@ -49,6 +50,7 @@ COLLECT_JS = r"""
 () => {
   const main = document.querySelector('main') || document.querySelector('article') || document.body;
   const outputs = Array.from(document.querySelectorAll('.cell_output, div.output'))
+      .filter(e => !(e.parentElement && e.parentElement.closest('.cell_output, div.output')))
       .map(e => (e.innerText || '') + '\n' + e.textContent);
   const imgs = Array.from(document.images).map(i => ({
       src: i.currentSrc || i.src, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight}));
@@ -67,6 +69,11 @@ COLLECT_JS = r"""
     sphinxMath: document.querySelectorAll('.math, span.math, div.math').length,
     mjx: document.querySelectorAll('mjx-container').length,
     mathjax: typeof window.MathJax !== 'undefined',
+    wide: Array.from(main.querySelectorAll('table, pre, .cell_output, div.math'))
+      .filter(e => e.scrollWidth > e.clientWidth + 2 ||
+                   (e.parentElement && e.parentElement.scrollWidth > e.parentElement.clientWidth + 2 &&
+                    getComputedStyle(e.parentElement).overflowX !== 'visible'))
+      .map(e => e.tagName.toLowerCase() + (e.className ? '.' + String(e.className).split(' ')[0] : '')),
   };
 }
 """
@@ -130,8 +137,8 @@ def _ids_in_file(path: Path, cache: dict) -> set[str]:
 
 
 def check_page(page, url: str, rel: str, html: Path, base: str, ids_cache: dict,
-               require_text: re.Pattern | None = None) -> list[str]:
-    """Open one page; return its failures as sentences."""
+               require_text: re.Pattern | None = None, notes: list | None = None) -> list[str]:
+    """Open one page; return its failures as sentences (and append advisory notes to ``notes``)."""
     problems: list[str] = []
     console, errors, failed, external = [], [], [], []
     page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
@@ -190,8 +197,13 @@ def check_page(page, url: str, rel: str, html: Path, base: str, ids_cache: dict,
     if require_text is not None and rel.startswith("notebooks/") and not require_text.search(info["text"]):
         problems.append(f"the page does not say /{require_text.pattern}/ (e.g. that smoke numbers mean nothing)")
     cut = [c for c in info["cells"] if c in ("…", "...") or c.endswith("…")]
+    cut += [m.group(0) for t in info["outputs"] for m in [PANDAS_CUT.search(t)] if m]
     if cut:
         problems.append(f"{len(cut)} truncated table cell(s), e.g. {cut[0]!r}")
+
+    if info["wide"] and notes is not None:
+        notes.append(f"{len(info['wide'])} element(s) need sideways scrolling at this width "
+                     f"({', '.join(sorted(set(info['wide'])))})")
 
     seen = set()
     for link in info["links"]:
@@ -286,12 +298,15 @@ def main(argv=None) -> int:
                         failures[rel] = [f"redirects to a missing page: {redirect}"]
                     continue
                 page = context.new_page()
-                problems = check_page(page, base + rel, rel, html, base, ids_cache, require_text)
+                page_notes: list[str] = []
+                problems = check_page(page, base + rel, rel, html, base, ids_cache, require_text, page_notes)
                 if rel == args.results_page and not any(p.startswith("did not load") for p in problems):
                     screenshot.parent.mkdir(parents=True, exist_ok=True)
                     page.screenshot(path=str(screenshot), full_page=True)
                 page.close()
                 print(f"{'ok  ' if not problems else 'FAIL'} {rel}", flush=True)
+                for note in page_notes:
+                    print(f"     note: {note}", flush=True)
                 if problems:
                     failures[rel] = problems
             browser.close()

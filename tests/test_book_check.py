@@ -99,6 +99,7 @@ def test_clean_site_passes_and_writes_the_screenshot(tmp_path):
     ('<div class="cell_output"><table><tr><td>0.5</td><td>NaN</td></tr></table></div>', "contains a NaN"),
     ('<div class="cell_output"><pre>cached in /root/.cache/reprolib/runs</pre></div>', "contains a machine path"),
     ('<table><tr><td>SubDistill keeps accur…</td></tr></table>', "truncated table cell"),
+    ('<div class="cell_output"><pre>   a  b\n0  1  2\n\n[60 rows x 12 columns]</pre></div>', "truncated table cell"),
     ('<a href="notebooks/08_missing.html">x</a>', "broken link: notebooks/08_missing.html"),
     ('<a href="notebooks/07_results.html#nowhere">x</a>', "no #nowhere in notebooks/07_results.html"),
     ('<script>throw new Error("boom")</script>', "uncaught exception"),
@@ -119,6 +120,14 @@ def test_missing_results_page_fails(tmp_path):
     result = _run(html)
     assert result.returncode == 1
     assert "the results page is missing from the build" in result.stdout
+
+
+def test_wide_content_is_noted_not_failed(tmp_path):
+    _browser_or_skip()
+    html = _site(tmp_path, extra_body="<pre>" + "x" * 400 + "</pre>")
+    result = _run(html)
+    assert result.returncode == 0, result.stdout
+    assert "note: 1 element(s) need sideways scrolling at this width (pre)" in result.stdout
 
 
 def test_not_a_build_is_a_usage_error(tmp_path):
