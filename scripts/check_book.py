@@ -9,7 +9,7 @@ Every content page of the HTML build is served from 127.0.0.1 and opened at 1280
   network (the book must work offline: MathJax is bundled);
 * every ``<img>`` has loaded with a non-zero natural size;
 * every formula is rendered: MathJax containers are present where Sphinx wrote maths, and no raw ``\\(``,
-  ``\\[`` or ``$$`` is left in the visible text;
+  ``\\[``, ``$$`` or LaTeX command (``\\frac``, ``\\texttt``…) is left in the prose (code blocks excepted);
 * no cell output contains a traceback, an ``...Error``, a ``nan`` or a machine path (``/root/``, ``/home/``,
   ``/tmp/``, ``/work/``, ``/Users/``); no page text contains a traceback or a machine path;
 * every internal link resolves to a file of the build, and its ``#fragment`` to an element of that page;
@@ -43,6 +43,8 @@ ERROR_WORD = re.compile(r"\b\w*Error\b")
 NAN_WORD = re.compile(r"\bnan\b", re.I)
 MACHINE_PATH = re.compile(r"(?<![\w.~])(/root/|/home/|/tmp/|/work/|/Users/|[A-Z]:\\Users\\)")
 PANDAS_CUT = re.compile(r"\[\d+ rows x \d+ columns\]")
+RAW_LATEX = re.compile(r"\\(?:texttt|textbf|textit|emph|frac|sqrt|mathrm|mathbf|mathcal|operatorname|sum|alpha|beta|"
+                       r"gamma|lambda|rho|sigma|Sigma|mu|cite|ref|eqref)(?![A-Za-z])")
 RAW_MATH = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$")
 
 # Runs in the page: everything the checks need, in one round trip.
@@ -59,8 +61,12 @@ COLLECT_JS = r"""
   const links = Array.from(document.querySelectorAll('a[href]')).map(a => ({
       raw: a.getAttribute('href'), abs: a.href}));
   const ids = Array.from(document.querySelectorAll('[id], a[name]')).map(e => e.id || e.getAttribute('name'));
+  const clone = main.cloneNode(true);
+  clone.querySelectorAll('pre, code, script, style, textarea, mjx-container, mjx-assistive-mml')
+       .forEach(e => e.remove());
   return {
     text: main.innerText,
+    prose: clone.textContent,
     outputs: outputs,
     imgs: imgs,
     cells: cells,
@@ -176,9 +182,9 @@ def check_page(page, url: str, rel: str, html: Path, base: str, ids_cache: dict,
             problems.append(f"{info['sphinxMath']} formula(s) but MathJax is not loaded")
         elif info["mjx"] == 0:
             problems.append(f"{info['sphinxMath']} formula(s) but none rendered by MathJax")
-    raw = RAW_MATH.search(info["text"])
+    raw = RAW_MATH.search(info["prose"]) or RAW_LATEX.search(info["prose"])
     if raw:
-        problems.append(f"raw maths in the visible text: ...{_around(info['text'], raw)}...")
+        problems.append(f"raw maths in the visible text: ...{_around(info['prose'], raw)}...")
 
     for text in info["outputs"]:
         for pattern, what in ((TRACEBACK, "a traceback"), (ERROR_WORD, "an error"), (NAN_WORD, "a NaN"),

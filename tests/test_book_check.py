@@ -96,6 +96,7 @@ def test_clean_site_passes_and_writes_the_screenshot(tmp_path):
     ('<p>Energy <span class="math notranslate nohighlight">\\(E = mc^2\\)</span>.</p>',
      "but MathJax is not loaded"),
     ('<p>Energy $$E = mc^2$$</p>', "raw maths in the visible text"),
+    ('<p>The rate $\\rho$ of images</p>', "raw maths in the visible text"),
     ('<div class="cell_output"><table><tr><td>0.5</td><td>NaN</td></tr></table></div>', "contains a NaN"),
     ('<div class="cell_output"><pre>cached in /root/.cache/reprolib/runs</pre></div>', "contains a machine path"),
     ('<table><tr><td>SubDistill keeps accur…</td></tr></table>', "truncated table cell"),
@@ -124,7 +125,7 @@ def test_missing_results_page_fails(tmp_path):
 
 def test_wide_content_is_noted_not_failed(tmp_path):
     _browser_or_skip()
-    html = _site(tmp_path, extra_body="<pre>" + "x" * 400 + "</pre>")
+    html = _site(tmp_path, extra_body="<pre>" + "x" * 400 + " $$ \\frac{a}{b} \\(x\\)</pre>")
     result = _run(html)
     assert result.returncode == 0, result.stdout
     assert "note: 1 element(s) need sideways scrolling at this width (pre)" in result.stdout
