@@ -72,7 +72,9 @@ COLLECT_JS = r"""
     cells: cells,
     links: links,
     ids: ids,
-    sphinxMath: document.querySelectorAll('.math, span.math, div.math').length,
+    sphinxMath: document.querySelectorAll('.math').length,
+    unrendered: Array.from(document.querySelectorAll('.math'))
+      .filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.trim().slice(0, 60)),
     mjx: document.querySelectorAll('mjx-container').length,
     mathjax: typeof window.MathJax !== 'undefined',
     wide: Array.from(main.querySelectorAll('table, pre, .cell_output, div.math'))
@@ -180,8 +182,9 @@ def check_page(page, url: str, rel: str, html: Path, base: str, ids_cache: dict,
     if info["sphinxMath"]:
         if not info["mathjax"]:
             problems.append(f"{info['sphinxMath']} formula(s) but MathJax is not loaded")
-        elif info["mjx"] == 0:
-            problems.append(f"{info['sphinxMath']} formula(s) but none rendered by MathJax")
+        elif info["unrendered"]:
+            problems.append(f"{len(info['unrendered'])} of {info['sphinxMath']} formula(s) not rendered by MathJax, "
+                            f"e.g. {info['unrendered'][0]!r}")
     raw = RAW_MATH.search(info["prose"]) or RAW_LATEX.search(info["prose"])
     if raw:
         problems.append(f"raw maths in the visible text: ...{_around(info['prose'], raw)}...")
