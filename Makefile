@@ -3,6 +3,7 @@
 #               + Jupyter Book -> _build/html + the browser check of every page (scripts/check_book.py)
 #   make test   venv + data + the smoke book (notebooks executed with the smoke preset, built and checked in
 #               headless Chromium; its numbers mean nothing) + the whole test suite
+#               (measured on 2 shared cores: smoke notebooks ~9 min wall, book build ~20 s, browser check ~25 s)
 #
 # Contract with tests/test_notebooks.py: when `make test` has executed every notebook with the smoke preset
 # successfully, it runs pytest with REPROLIB_NOTEBOOKS_EXECUTED=1, so the notebooks are not executed twice.
