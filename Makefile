@@ -1,14 +1,23 @@
 # Two commands do everything on a fresh machine:
-#   make book   venv + data + every notebook of _toc.yml executed with papermill + Jupyter Book -> _build/html
-#   make test   venv + data + the whole test suite
+#   make book   venv + data + every notebook of _toc.yml executed with papermill (PRESET, default quick)
+#               + Jupyter Book -> _build/html + the browser check of every page (scripts/check_book.py)
+#   make test   venv + data + the smoke book (notebooks executed with the smoke preset, built and checked in
+#               headless Chromium; its numbers mean nothing) + the whole test suite
+#               (measured on 2 shared cores: smoke notebooks ~9 min wall, book build ~20 s, browser check ~25 s)
+#
+# Contract with tests/test_notebooks.py: when `make test` has executed every notebook with the smoke preset
+# successfully, it runs pytest with REPROLIB_NOTEBOOKS_EXECUTED=1, so the notebooks are not executed twice.
+# If the smoke notebooks fail, pytest runs without it (and executes them itself); `make test` fails either way.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.reprolib-installed
 PRESET ?= quick
+# The smoke book's pages must say that their numbers mean nothing.
+SMOKE_CHECK ?= --require-text 'mean.nothing'
 
-.PHONY: book test venv data notebooks clean benchmarks
+.PHONY: book test venv data notebooks book-html book-check smoke-book browser clean benchmarks
 
 venv: $(STAMP)
 
@@ -35,11 +44,43 @@ notebooks: data
 	$(PY) scripts/run_notebooks.py --preset $(PRESET)
 
 book: notebooks
-	$(VENV)/bin/jupyter-book build _build/book_src --path-output . -W -n --keep-going
+	$(MAKE) --no-print-directory book-html book-check
+
+# Build _build/book_src (staged and executed by scripts/run_notebooks.py) into _build/html, from scratch.
+book-html: venv
+	rm -rf _build/html
+	$(VENV)/bin/jupyter-book build _build/book_src --path-output . --all -W -n --keep-going
 	@echo "The book is in _build/html/index.html"
 
+# Every page in headless Chromium; a screenshot of the results page under _build/.
+book-check: venv browser
+	$(PY) scripts/check_book.py _build/html $(CHECK_FLAGS)
+
+# Chromium for the browser check: Debian's package, installed as root with apt-get when missing;
+# without it (and without root) scripts/check_book.py prints a SKIPPED line.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	 { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	     echo "installing Debian's chromium for the book check"; \
+	     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	       echo "apt-get could not install chromium: the browser check will be skipped"; \
+	   else echo "no Chromium and no root: the browser check will be skipped"; fi; }
+
+# The book from notebooks executed with the smoke preset (fast; every page says its numbers mean nothing).
+smoke-book: data
+	$(PY) scripts/run_notebooks.py --preset smoke
+	$(MAKE) --no-print-directory book-html book-check CHECK_FLAGS="$(SMOKE_CHECK)"
+
 test: data
-	$(PY) -m pytest -q
+	@status=0; \
+	if $(PY) scripts/run_notebooks.py --preset smoke; then \
+	  export REPROLIB_NOTEBOOKS_EXECUTED=1; \
+	  $(MAKE) --no-print-directory book-html book-check CHECK_FLAGS="$(SMOKE_CHECK)" || status=1; \
+	else \
+	  status=1; echo "the smoke notebooks failed: pytest executes them again to report why"; \
+	fi; \
+	$(PY) -m pytest -q || status=1; \
+	exit $$status
 
 benchmarks: data
 	$(PY) benchmarks/step_time.py
