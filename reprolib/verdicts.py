@@ -576,3 +576,58 @@ def finding_subspace_digit_share(energy, random_col: str = "in_random_K_subspace
     r = energy[random_col].astype(float)
     return (f"The relevant subspace keeps {s.min():.0%}–{s.max():.0%} of the digit's effect on the teacher's "
             f"features (a random subspace of the same size: {r.min():.0%}–{r.max():.0%}).")
+
+
+# ---------------------------------------------------------------------------
+# The calibration curve's numbers
+def calibration_effects(runs, selection: str = "oracle"):
+    """Per pool size, two effects computed per seed and then averaged: SubDistill −
+    KD at ρ = 1 and KD at ρ = 0 − KD at ρ = 1 (test accuracy at the λ selected per
+    (method, ρ, pool) by ``selection``). ``runs`` is a results table with
+    ``pool_per_class``. Returns a long table: pool_per_class, effect, mean, std
+    (ddof 1; NaN for one seed), n_seeds, se."""
+    import numpy as np
+    import pandas as pd
+
+    from .sweep import SELECTIONS, select_lambda
+
+    test_col = SELECTIONS[selection][1]
+    chosen = select_lambda(runs, selection)[["method", "rho", "pool_per_class", "lambda_layer"]]
+    merged = runs.merge(chosen.rename(columns={"lambda_layer": "_chosen"}), on=["method", "rho", "pool_per_class"])
+    keep = (merged["method"] == "kd") | np.isclose(merged["lambda_layer"].astype(float),
+                                                   merged["_chosen"].astype(float))
+    acc = merged[keep].pivot_table(index=["pool_per_class", "seed"], columns=["method", "rho"], values=test_col)
+    effects = {}
+    if ("subdistill", 1.0) in acc and ("kd", 1.0) in acc:
+        effects["subdistill_minus_kd_at_rho1"] = acc[("subdistill", 1.0)] - acc[("kd", 1.0)]
+    if ("kd", 0.0) in acc and ("kd", 1.0) in acc:
+        effects["kd_drop_rho0_to_rho1"] = acc[("kd", 0.0)] - acc[("kd", 1.0)]
+    rows = []
+    for name_, series in effects.items():
+        for pool, g in series.dropna().groupby(level="pool_per_class"):
+            n = int(g.count())
+            std = float(g.std(ddof=1)) if n > 1 else math.nan
+            rows.append({"pool_per_class": int(pool), "effect": name_, "mean": float(g.mean()), "std": std,
+                         "n_seeds": n, "se": standard_error(std, n)})
+    return pd.DataFrame(rows, columns=["pool_per_class", "effect", "mean", "std", "n_seeds", "se"])
+
+
+def finding_calibration(effects) -> str:
+    """Where along the pool sizes SubDistill's advantage is larger than its noise."""
+    if effects is None or len(effects) == 0:
+        return "The calibration curve was not computed."
+    d = effects[effects["effect"] == "subdistill_minus_kd_at_rho1"].sort_values("pool_per_class")
+    k = effects[effects["effect"] == "kd_drop_rho0_to_rho1"].sort_values("pool_per_class")
+    parts = []
+    if len(d):
+        pos = [int(p) for p, m, se in zip(d["pool_per_class"], d["mean"], d["se"]) if exceeds(m, se)]
+        neg = [int(p) for p, m, se in zip(d["pool_per_class"], d["mean"], d["se"]) if exceeds(-m, se)]
+        parts.append("SubDistill beats KD at ρ = 1 beyond seed noise at "
+                     + (", ".join(map(str, pos)) + " images per class" if pos else "no pool size")
+                     + (f" and loses to it at {', '.join(map(str, neg))}" if neg else "")
+                     + f" (gap {d['mean'].min() * 100:+.1f} to {d['mean'].max() * 100:+.1f} points)")
+    if len(k):
+        drops = [int(p) for p, m, se in zip(k["pool_per_class"], k["mean"], k["se"]) if exceeds(m, se)]
+        parts.append("KD loses accuracy from ρ = 0 to ρ = 1 beyond seed noise at "
+                     + (", ".join(map(str, drops)) + " images per class" if drops else "no pool size"))
+    return "; ".join(parts) + "."

@@ -178,3 +178,26 @@ def test_findings_sentences():
     assert "SubDistill puts the least" in patch and "0.164–0.184" in patch
     energy = pd.DataFrame({"digit_energy_in_U_K": [0.82, 0.87], "in_random_K_subspace": [0.5, 0.51]})
     assert "82%–87%" in V.finding_subspace_digit_share(energy)
+
+
+def test_calibration_effects():
+    rows = []
+    for pool, gap in ((25, -0.02), (100, 0.10)):
+        for seed, noise in ((1, 0.0), (2, 0.01), (3, -0.01)):
+            rows += [
+                {"method": "kd", "rho": 0.0, "seed": seed, "lambda_layer": math.nan, "pool_per_class": pool,
+                 "val_accuracy": 0.8, "test_accuracy": 0.80 + noise},
+                {"method": "kd", "rho": 1.0, "seed": seed, "lambda_layer": math.nan, "pool_per_class": pool,
+                 "val_accuracy": 0.7, "test_accuracy": 0.70},
+                {"method": "subdistill", "rho": 1.0, "seed": seed, "lambda_layer": 1.0, "pool_per_class": pool,
+                 "val_accuracy": 0.9, "test_accuracy": 0.70 + gap + noise},
+                {"method": "subdistill", "rho": 1.0, "seed": seed, "lambda_layer": 10.0, "pool_per_class": pool,
+                 "val_accuracy": 0.1, "test_accuracy": 0.0},   # never chosen
+            ]
+    e = V.calibration_effects(pd.DataFrame(rows))
+    gap = e[e["effect"] == "subdistill_minus_kd_at_rho1"].set_index("pool_per_class")
+    assert gap.loc[100, "mean"] == pytest.approx(0.10) and gap.loc[25, "mean"] == pytest.approx(-0.02)
+    assert gap.loc[100, "n_seeds"] == 3 and gap.loc[100, "std"] == pytest.approx(0.01)
+    text = V.finding_calibration(e)
+    assert "beyond seed noise at 100 images per class and loses to it at 25" in text
+    assert "KD loses accuracy from ρ = 0 to ρ = 1 beyond seed noise at 25, 100" in text
