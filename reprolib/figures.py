@@ -38,7 +38,8 @@ _STYLES = {
     "vkd": dict(color=OKABE_ITO[6], marker="D", linestyle=":"),
     "subdistill": dict(color=OKABE_ITO[4], marker="*", linestyle="-", linewidth=2.4, markersize=9),
 }
-STUDENT_LABELS = {"narrow": "narrow student (K/d = 0.25)", "wide": "wide student (K/d = 0.5)"}
+STUDENT_LABELS = {"narrow": "narrow student (K/d = 0.25)", "wide": "wide student (K/d = 0.5)",
+                  "mini-student": "narrow student", "mini-student-wide": "wide student"}
 SELECTION_LABELS = {"oracle": "oracle selection (random-digit validation)",
                     "nonoracle": "non-oracle selection (correlated-digit validation)"}
 
@@ -153,6 +154,20 @@ def digit_split_panels(summary, selection: str | None = "oracle", chance: float 
     return fig
 
 
+def validation_epochs(metrics: dict) -> list[int]:
+    """The (1-based) epoch after which each entry of ``curves["val_accuracy"]`` was
+    measured: every epoch, or every ``val_every`` epochs (``val_epochs`` when the
+    run lists them)."""
+    c = metrics.get("curves", {})
+    n = len(c.get("val_accuracy", []))
+    if metrics.get("val_epochs"):
+        return [int(e) for e in metrics["val_epochs"]][:n]
+    if n == len(c.get("loss", [])) or not n:
+        return list(range(1, n + 1))
+    every = int((metrics.get("config") or {}).get("val_every", 1) or 1)
+    return [(i + 1) * every for i in range(n)]
+
+
 def load_curves(results, sweep_dir: str | Path):
     """Per-epoch validation curves of a sweep's runs as a long table: method, rho,
     seed, lambda_layer, epoch (1-based), step (optimiser steps so far, when the run
@@ -168,7 +183,7 @@ def load_curves(results, sweep_dir: str | Path):
             continue
         m = json.loads(path.read_text())
         spe = m.get("steps_per_epoch")
-        for e, v in enumerate(m.get("curves", {}).get("val_accuracy", []), start=1):
+        for e, v in zip(validation_epochs(m), m.get("curves", {}).get("val_accuracy", [])):
             rows.append({"method": r["method"], "rho": float(r["rho"]), "seed": int(r["seed"]),
                          "lambda_layer": r["lambda_layer"], "epoch": e,
                          "step": e * spe if spe else math.nan, "val_accuracy": float(v)})
@@ -283,7 +298,8 @@ def calibration_effect(effects, steps: int | None = None):
     return fig
 
 
-def kd_ablation(summary, selection: str | None = "oracle", teacher: Mapping[float, float] | None = None):
+def kd_ablation(summary, selection: str | None = "oracle", teacher: Mapping[float, float] | None = None,
+                labels: Mapping[str, str] | None = None):
     """The same methods with two students: colour and marker = method, line style =
     student (solid: narrow, K/d = 0.25; dashed: wide, K/d = 0.5). ``summary`` has a
     ``student`` column."""
@@ -304,7 +320,7 @@ def kd_ablation(summary, selection: str | None = "oracle", teacher: Mapping[floa
             st["markerfacecolor"] = "white"
         ax.errorbar(g["rho"].astype(float) + shift[f"{m}|{s}"], g["test_accuracy_mean"],
                     yerr=_std(g["test_accuracy_std"]), capsize=3,
-                    label=f"{METHOD_SHORT.get(m, m)}, {STUDENT_LABELS.get(s, s)}", **st)
+                    label=f"{METHOD_SHORT.get(m, m)}, {(labels or STUDENT_LABELS).get(s, s)}", **st)
     if teacher:
         xs = sorted(teacher)
         ax.plot(xs, [teacher[x] for x in xs], color="black", linestyle=(0, (5, 2)), linewidth=1.2, label="teacher")
@@ -326,18 +342,21 @@ def training_curves(metrics: dict):
     epochs = np.arange(1, len(c["loss"]) + 1)
     fig, axes = _subplots(1, 2, figsize=(8.8, 3.4))
     a, b = axes[0]
-    a.plot(epochs, c["kd"], color=OKABE_ITO[0], marker="o", label="output term T²·KL")
+    a.plot(epochs, c["kd"], color=OKABE_ITO[0], marker="o", markersize=3, label="output term T²·KL")
     if any(v for v in c["layer"]):
-        a.plot(epochs, c["layer"], color=OKABE_ITO[4], marker="s", linestyle="--", label="sum of layer terms")
+        a.plot(epochs, c["layer"], color=OKABE_ITO[4], marker="s", markersize=3, linestyle="--",
+               label="sum of layer terms")
     a.plot(epochs, c["loss"], color="black", linestyle=":", linewidth=1.2, label="total loss")
     a.set_xlabel("epoch")
     a.set_ylabel("training loss (mean per batch, log scale)")
     a.set_yscale("log")
     a.set_title("(a) training loss")
     a.legend(frameon=False)
-    b.plot(epochs, c["val_accuracy"], color=OKABE_ITO[4], marker="o", label="oracle validation (random digits)")
-    b.plot(epochs, c["val_correlated_accuracy"], color=OKABE_ITO[5], marker="^", linestyle="--",
-           label="non-oracle validation (label's digit)")
+    ve = validation_epochs(metrics)
+    b.plot(ve, c["val_accuracy"], color=OKABE_ITO[4], marker="o", markersize=3,
+           label="oracle validation (random digits)")
+    b.plot(ve, c["val_correlated_accuracy"][:len(ve)], color=OKABE_ITO[5], marker="^", markersize=3,
+           linestyle="--", label="non-oracle validation (label's digit)")
     sel = int(metrics["best_epoch"]) + 1
     b.axvline(sel, color="#777777", linestyle=":", label=f"selected epoch ({sel})")
     b.set_xlabel("epoch")

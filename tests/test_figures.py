@@ -181,3 +181,28 @@ def test_calibration_effects_feed_the_figure():
     e = verdicts.calibration_effects(r)
     assert set(e["pool_per_class"]) == {25, 50}
     _is_figure(figures.calibration_effect(e))
+
+
+def test_validation_epochs_every_n():
+    m = {"curves": {"loss": [1] * 6, "val_accuracy": [0.1, 0.2, 0.3]}, "config": {"val_every": 2}}
+    assert figures.validation_epochs(m) == [2, 4, 6]
+    m["curves"]["val_accuracy"] = [0.1] * 6
+    assert figures.validation_epochs(m) == [1, 2, 3, 4, 5, 6]
+    m["val_epochs"] = [3, 6]
+    m["curves"]["val_accuracy"] = [0.1, 0.2]
+    assert figures.validation_epochs(m) == [3, 6]
+
+
+def test_pages_tables_and_command():
+    from reprolib import pages
+
+    df = pd.DataFrame({"a": [1.23456, math.nan], "b": ["x", None], "n": [3, 4]})
+    html = pages.table_html(df)
+    assert "nan" not in html.lower() and "–" in html and "1.235" in html and ">3<" in html
+    long = pd.DataFrame({"x": range(200)})
+    assert pages.table_html(long).count("<tr") == 201      # never truncated
+    cmd = pages.papermill_command("notebooks/04.ipynb", {"preset": "smoke", "workers": 1, "rhos": [0.0, 1.0],
+                                                         "out_dir": None})
+    assert cmd == "papermill notebooks/04.ipynb out.ipynb -p preset smoke -p workers 1 -y 'rhos: [0.0, 1.0]' -p out_dir None"
+    assert pages.duration(30) == "30 s" and pages.duration(600) == "10.0 min"
+    assert "/" not in pages.hardware().split("PyTorch")[0]
