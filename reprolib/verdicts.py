@@ -631,3 +631,31 @@ def finding_calibration(effects) -> str:
         parts.append("KD loses accuracy from ρ = 0 to ρ = 1 beyond seed noise at "
                      + (", ".join(map(str, drops)) + " images per class" if drops else "no pool size"))
     return "; ".join(parts) + "."
+
+
+def finding_convergence(curves, rho: float = 0.0, tolerance: float = 0.02) -> str:
+    """Whether the validation curves have flattened: per method at ρ, the change of
+    the mean (over seeds) validation accuracy over the last quarter of training.
+    ``curves`` is :func:`reprolib.figures.load_curves`'s table."""
+    if curves is None or len(curves) == 0:
+        return "No validation curves were recorded."
+    d = curves[(curves["rho"].astype(float) - rho).abs() < 1e-9]
+    if len(d) == 0:
+        return f"No run at ρ = {rho:g}."
+    changes = {}
+    for m, g in d.groupby("method", sort=False):
+        mean = g.groupby("epoch")["val_accuracy"].mean().sort_index()
+        if len(mean) < 2:
+            continue
+        last = mean.index[-1]
+        at = mean.index[mean.index <= last * 0.75]
+        ref = mean.loc[at[-1]] if len(at) else mean.iloc[0]
+        changes[m] = float(mean.iloc[-1] - ref)
+    if not changes:
+        return "The runs are too short to judge convergence."
+    text = (f"Over the last quarter of training at ρ = {rho:g}, the mean validation accuracy changes by "
+            + ", ".join(f"{c * 100:+.1f} points ({name(m)})" for m, c in changes.items()) + ". ")
+    rising = [name(m) for m, c in changes.items() if c > tolerance]
+    if rising:
+        return text + f"{', '.join(rising)} still gain more than {tolerance * 100:.0f} points: not converged."
+    return text + f"Every curve has flattened (no gain above {tolerance * 100:.0f} points)."

@@ -201,3 +201,16 @@ def test_calibration_effects():
     text = V.finding_calibration(e)
     assert "beyond seed noise at 100 images per class and loses to it at 25" in text
     assert "KD loses accuracy from ρ = 0 to ρ = 1 beyond seed noise at 25, 100" in text
+
+
+def test_finding_convergence():
+    rows = []
+    for seed in (1, 2):
+        for e in range(1, 9):
+            rows.append({"method": "kd", "rho": 0.0, "seed": seed, "epoch": e, "val_accuracy": min(0.5, 0.1 * e)})
+            rows.append({"method": "subdistill", "rho": 0.0, "seed": seed, "epoch": e, "val_accuracy": 0.08 * e})
+    text = V.finding_convergence(pd.DataFrame(rows))
+    assert "+0.0 points (KD)" in text and "+16.0 points (SubDistill)" in text
+    assert "SubDistill still gain" in text
+    flat = pd.DataFrame([r for r in rows if r["method"] == "kd"])
+    assert "Every curve has flattened" in V.finding_convergence(flat)
