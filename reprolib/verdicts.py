@@ -659,3 +659,11 @@ def finding_convergence(curves, rho: float = 0.0, tolerance: float = 0.02) -> st
     if rising:
         return text + f"{', '.join(rising)} still gain more than {tolerance * 100:.0f} points: not converged."
     return text + f"Every curve has flattened (no gain above {tolerance * 100:.0f} points)."
+
+
+def k_over_d(layers) -> float:
+    """The largest K/d over a run's distilled layers (``metrics.json``'s ``layers``:
+    student and teacher channel counts per pair), NaN when there are none."""
+    ratios = [s["student_shape"][0] / s["teacher_shape"][0] for s in layers or []
+              if s.get("student_shape") and s.get("teacher_shape")]
+    return max(ratios) if ratios else math.nan

@@ -214,3 +214,10 @@ def test_finding_convergence():
     assert "SubDistill still gain" in text
     flat = pd.DataFrame([r for r in rows if r["method"] == "kd"])
     assert "Every curve has flattened" in V.finding_convergence(flat)
+
+
+def test_k_over_d():
+    layers = [{"student_shape": [8, 4, 4], "teacher_shape": [32, 4, 4]},
+              {"student_shape": [16, 2, 2], "teacher_shape": [64, 2, 2]}]
+    assert V.k_over_d(layers) == 0.25
+    assert math.isnan(V.k_over_d([]))
