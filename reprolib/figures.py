@@ -118,6 +118,7 @@ def accuracy_vs_rho(summary, teacher: Mapping[float, float] | None = None, selec
     ax.set_ylabel("test accuracy (share of images correct)")
     ax.set_ylim(0, 1.02)
     ax.set_xticks(rhos)
+    ax.set_xlim(min(rhos) - 0.1, max(rhos) + 0.1)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     if title:
         ax.set_title(title)
@@ -146,6 +147,7 @@ def digit_split_panels(summary, selection: str | None = "oracle", chance: float 
         ax.set_ylabel(ylabel)
         ax.set_ylim(0, 1.02)
         ax.set_xticks(rhos)
+        ax.set_xlim(min(rhos) - 0.1, max(rhos) + 0.1)
     axes[0, 1].axhline(chance, color="#777777", linestyle=":", linewidth=1, label=f"chance ({chance:.0%})")
     axes[0, 0].set_title("(a) test images whose digit is not the label")
     axes[0, 1].set_title("(b) following the digit")
@@ -328,6 +330,7 @@ def kd_ablation(summary, selection: str | None = "oracle", teacher: Mapping[floa
     ax.set_ylabel("test accuracy (share of images correct)")
     ax.set_ylim(0, 1.02)
     ax.set_xticks(rhos)
+    ax.set_xlim(min(rhos) - 0.1, max(rhos) + 0.1)
     ax.legend(loc="lower left", frameon=False)
     fig.tight_layout()
     return fig
@@ -480,7 +483,7 @@ def digit_energy(energy, fitted_col: str = "fitted_on_rho", share_col: str = "di
     ax.set_xlabel("teacher layer")
     ax.set_ylabel("share of the digit's effect inside the subspace")
     ax.set_ylim(0, 1.02)
-    ax.legend(frameon=False, loc="upper left", fontsize=7)
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -20,39 +20,51 @@ SMOKE_NOTE = ("These pages were built with the <b>smoke</b> preset: tiny data, a
 
 def setup(preset: str):
     """Book style for figures, no progress bars, pandas shows tables in full; shows the
-    smoke note when ``preset == "smoke"``. Returns the note (or None)."""
+    smoke note when ``preset == "smoke"``."""
     import pandas as pd
 
     from .figures import use_book_style
 
     os.environ["TQDM_DISABLE"] = "1"
+    _inline_figures()
     use_book_style()
     for opt, val in (("display.max_rows", None), ("display.max_columns", None),
                      ("display.max_colwidth", None), ("display.width", None)):
         pd.set_option(opt, val)
-    return smoke_note(preset)
+    smoke_note(preset)
 
 
-def _display(obj):
+def _inline_figures() -> None:
+    """In a Jupyter kernel, show figures inline even when MPLBACKEND says Agg."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is not None and getattr(ip, "kernel", None) is not None:
+        ip.run_line_magic("matplotlib", "inline")
+
+
+def _display(obj) -> None:
+    """Show ``obj`` once (helpers return None so that a cell's last line is not shown twice)."""
     try:
         from IPython.display import display
     except ImportError:   # outside IPython: print the text
         print(getattr(obj, "data", obj))
-        return obj
+        return
     display(obj)
-    return obj
 
 
 def html(text: str):
     from IPython.display import HTML
 
-    return _display(HTML(text))
+    _display(HTML(text))
 
 
 def smoke_note(preset: str):
     if preset != "smoke":
-        return None
-    return html(f'<div class="admonition warning"><p class="admonition-title">Smoke build: the numbers '
+        return
+    html(f'<div class="admonition warning"><p class="admonition-title">Smoke build: the numbers '
                 f'mean nothing</p><p>{SMOKE_NOTE}</p></div>')
 
 
@@ -60,7 +72,7 @@ def say(text: str):
     """Generated prose as a paragraph of the page (not as printed output)."""
     from IPython.display import Markdown
 
-    return _display(Markdown(text))
+    _display(Markdown(text))
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -93,7 +105,7 @@ def table_html(df, digits: int = 3, index: bool = False, columns: Mapping[str, s
 
 def table(df, digits: int = 3, index: bool = False, columns: Mapping[str, str] | None = None):
     """Display :func:`table_html`."""
-    return html(table_html(df, digits, index, columns))
+    html(table_html(df, digits, index, columns))
 
 
 @contextlib.contextmanager
@@ -108,13 +120,23 @@ def hardware(device: str = "cpu", threads: int | None = None) -> str:
     """Where this page ran, in words (no paths, no host names)."""
     import torch
 
-    cpu = platform.processor() or platform.machine() or "unknown"
-    text = f"{platform.machine()} CPU ({cpu}), {os.cpu_count()} cores"
+    text = f"{_cpu_name()}, {os.cpu_count()} cores"
     if str(device).startswith("cuda") and torch.cuda.is_available():
         text = f"{torch.cuda.get_device_name(0)} GPU; " + text
     if threads:
         text += f", {threads} thread(s) per run"
     return text + f", Python {platform.python_version()}, PyTorch {torch.__version__}"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + " CPU"
+    except OSError:
+        pass
+    return f"{platform.machine()} CPU"
 
 
 def duration(seconds: float) -> str:
@@ -150,4 +172,4 @@ def footer(notebook: str, params: Mapping[str, Any], page_seconds: float, *, dev
         timing += (f" The training behind its results took {duration(compute_seconds)} of compute in total"
                    + (f" ({compute_note})" if compute_note else "") + "; finished runs are reused, not retrained.")
     lines.append(timing)
-    return say("\n".join(lines))
+    say("\n".join(lines))

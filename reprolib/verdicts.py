@@ -172,7 +172,7 @@ def _methods(summary, selection: str, rho: float) -> list[str]:
 
 
 def _untested(key: str, why: str, selection: str) -> Verdict:
-    return Verdict(key, CLAIMS[key], PAPER[key], UNTESTED, "–", why, selection)
+    return Verdict(key, CLAIMS[key], PAPER[key], UNTESTED, "–", why[:1].upper() + why[1:], selection)
 
 
 # ---------------------------------------------------------------------------
@@ -498,10 +498,11 @@ def finding_digit_following(summary, selection: str = "oracle", rho: float = 1.0
     if base:
         lo, hi = min(c.mean for c in base.values()), max(c.mean for c in base.values())
         above = [m for m, c in base.items() if exceeds(c.mean - chance, c.se)]
-        text = (f"At ρ = {rho:g} the baselines predict the painted digit on {lo:.0%}–{hi:.0%} of digit-bearing "
-                f"test images (chance {chance:.0%}); "
-                + (f"{', '.join(name(m) for m in above)} beyond seed noise" if above else "none beyond seed noise")
-                + ". ")
+        span = f"{lo:.0%}–{hi:.0%}" if round(lo, 2) != round(hi, 2) else f"{lo:.0%}"
+        noise = ("one seed, no noise estimate" if min(c.n for c in base.values()) < 2 else
+                 (f"{', '.join(name(m) for m in above)} beyond seed noise" if above else "none beyond seed noise"))
+        text = (f"At ρ = {rho:g} the baselines predict the painted digit on {span} of digit-bearing "
+                f"test images (chance {chance:.0%}; {noise}). ")
         if hi - chance < 0.15:
             text += "So little shortcut-following leaves the test little power to separate the methods. "
     if "subdistill" in f:
@@ -616,6 +617,9 @@ def finding_calibration(effects) -> str:
     """Where along the pool sizes SubDistill's advantage is larger than its noise."""
     if effects is None or len(effects) == 0:
         return "The calibration curve was not computed."
+    if int(effects["n_seeds"].min()) < 2:
+        return ("With one seed per pool size there is no estimate of seed noise, so the curve cannot say where an "
+                "effect is real.")
     d = effects[effects["effect"] == "subdistill_minus_kd_at_rho1"].sort_values("pool_per_class")
     k = effects[effects["effect"] == "kd_drop_rho0_to_rho1"].sort_values("pool_per_class")
     parts = []

@@ -221,3 +221,11 @@ def test_k_over_d():
               {"student_shape": [16, 2, 2], "teacher_shape": [64, 2, 2]}]
     assert V.k_over_d(layers) == 0.25
     assert math.isnan(V.k_over_d([]))
+
+
+def test_one_seed_findings_do_not_claim_noise():
+    e = pd.DataFrame({"pool_per_class": [10], "effect": ["subdistill_minus_kd_at_rho1"], "mean": [0.05],
+                      "std": [math.nan], "n_seeds": [1], "se": [0.0]})
+    assert "no estimate of seed noise" in V.finding_calibration(e)
+    s = summary({("kd", 1.0): (0.5, 0.0, 0.4, 0.0)}, n=1)
+    assert "one seed, no noise estimate" in V.finding_digit_following(s)
