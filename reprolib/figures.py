@@ -491,7 +491,8 @@ def digit_energy(energy, fitted_col: str = "fitted_on_rho", share_col: str = "di
 # ---------------------------------------------------------------------------
 # Explanations
 def tsne_panels(embeddings: Mapping[str, np.ndarray], colour_values, rho: float, methods: Sequence[str],
-                colour_by: str = "class", names: Sequence[str] | None = None, ncols: int = 3):
+                colour_by: str = "class", names: Sequence[str] | None = None, ncols: int = 3,
+                title: str | None = None):
     """t-SNE of the pooled features of the teacher and each method's student at one
     ρ, in a grid of ``ncols`` columns (about 2.8 in per panel, legible at page width).
     ``colour_by="class"`` uses the class palette, ``"digit"`` the ordered digit scale:
@@ -521,15 +522,19 @@ def tsne_panels(embeddings: Mapping[str, np.ndarray], colour_values, rho: float,
             ax.scatter(emb[sel, 0], emb[sel, 1], s=5, color=colours[v], label=label(v), linewidths=0)
         ax.set_xticks([])
         ax.set_yticks([])
+        ax.set_xlabel("t-SNE dimension 1", fontsize=7)
+        ax.set_ylabel("t-SNE dimension 2", fontsize=7)
         ax.set_title(method_label(m) if m == "teacher" else METHOD_SHORT.get(m, m), fontsize=9)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), markerscale=3, frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95 if title else 1))
     return fig
 
 
 def lrp_grid(images, heatmaps: Mapping[str, np.ndarray], rho: float, methods: Sequence[str], box,
-             image_labels=None, image_digits=None, n: int = 6):
+             image_labels=None, image_digits=None, n: int = 6, title: str | None = None):
     """LRP heat maps: first row the images, then the teacher and one row per method
     (first seed) at ρ; red positive, blue negative relevance, each map scaled to its
     own maximum; the square marks the digit patch."""
@@ -554,5 +559,7 @@ def lrp_grid(images, heatmaps: Mapping[str, np.ndarray], rho: float, methods: Se
     for a in axes.flat:
         a.set_xticks([])
         a.set_yticks([])
-    fig.tight_layout()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.96 if title else 1))
     return fig

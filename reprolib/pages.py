@@ -99,6 +99,9 @@ def table_html(df, digits: int = 3, index: bool = False, columns: Mapping[str, s
     d = df.reset_index() if index else df.copy()
     if columns:
         d = d.rename(columns=columns)
+    for col in d.columns:   # contamination rates read as 0, 0.5, 1
+        if str(col) in ("ρ", "rho") or str(col).startswith("ρ "):
+            d[col] = d[col].map(lambda v: f"{float(v):g}" if fmt(v) != "–" and not isinstance(v, str) else fmt(v))
     d = d.astype(object).map(lambda v: fmt(v, digits)) if hasattr(d, "map") else d.applymap(lambda v: fmt(v, digits))
     return d.to_html(index=False, escape=True, border=0, classes="dataframe table")
 
