@@ -91,6 +91,8 @@ def fmt(value: Any, digits: int = 3) -> str:
         return "–"
     if f.is_integer() and abs(f) < 1e6 and not isinstance(value, float):
         return str(int(f))
+    if round(f, digits) == 0:
+        f = 0.0   # no "-0.000"
     return f"{f:.{digits}f}"
 
 

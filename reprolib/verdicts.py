@@ -384,8 +384,8 @@ def claim_lrp_correlation(lrp_summary, selection: str = "oracle", rho: float | N
         reason = ("SubDistill's correlation is positive, but " + ", ".join(not_neg) + " not negative (95 % intervals)."
                   if not_neg else "SubDistill's correlation is positive; no other method to compare.")
     else:
-        verdict, reason = FAILS, (f"SubDistill's correlation is not positive beyond its 95 % interval "
-                                  f"[{sd_lo:+.3f}, {sd_hi:+.3f}].")
+        verdict, reason = FAILS, (f"SubDistill's correlation is not positive: its 95 % interval "
+                                  f"[{sd_lo:+.3f}, {sd_hi:+.3f}] reaches zero or below.")
     return Verdict("e", CLAIMS["e"], PAPER["e"], verdict, value, reason, selection)
 
 
@@ -439,12 +439,16 @@ def headline(verdicts: Iterable[Verdict], world: str = "mini", preset: str = "qu
     if not oracle:
         return (f"No claim of the paper could be tested with the {preset} sweep of the {world} world. "
                 "Run the sweep and the explanations first.")
+    n_all = len({v.key for v in verdicts})
     counts = {k: sum(v.verdict == k for v in oracle) for k in (HOLDS, PARTLY, FAILS)}
     words = {HOLDS: ("holds", "hold"), PARTLY: ("holds partly", "hold partly"),
              FAILS: ("does not hold", "do not hold")}
     parts = [f"{n} {words[k][0] if n == 1 else words[k][1]}" for k, n in counts.items() if n]
-    first = (f"Of the paper's {len(oracle)} tested claims, {_join(parts)} in our {world}-world reproduction "
-             f"({preset} preset, λ and epoch chosen by the paper's oracle validation rule).")
+    judged = (f"Of the {n_all} claims of the paper that this book tests, {_join(parts)}" if len(oracle) == n_all else
+              f"Of the {n_all} claims of the paper that this book tests, {len(oracle)} could be judged here: "
+              f"{_join(parts)},")
+    first = (f"{judged} in our {world}-world reproduction ({preset} preset; λ and checkpoint chosen by the "
+             f"paper's oracle validation rule).")
     central = {v.selection: v for v in verdicts if v.key == "b"}
     if "oracle" in central and central["oracle"].verdict != UNTESTED:
         b = central["oracle"]
@@ -562,7 +566,11 @@ def finding_digit_patch(lrp_summary, rho: float | None = None) -> str:
     others = d.drop(least)
     teacher = lrp_summary["digit_share_teacher"].dropna()
     text = f"At ρ = {top:g}, {name(least)} puts the least positive relevance on the digit patch ({d[least]:.3f}"
-    text += (f" vs {others.min():.3f}–{others.max():.3f} for the others" if len(others) else "") + ")"
+    if len(others) == 1:
+        text += f" vs {others.iloc[0]:.3f} for {name(others.index[0])}"
+    elif len(others):
+        text += f" vs {others.min():.3f}–{others.max():.3f} for the others"
+    text += ")"
     if len(teacher):
         text += f"; the teacher puts {float(teacher.iloc[0]):.3f} there"
     return text + "."

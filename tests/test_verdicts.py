@@ -150,13 +150,15 @@ def test_results_at_a_glance_and_headline():
     assert "holds (oracle)" in e["Our verdict"] and "not tested (non-oracle)" in e["Our verdict"]
     text = V.headline(vs)
     assert text.count(". ") == 1 and text.endswith(".")
-    assert "Of the paper's 5 tested claims" in text
+    assert "Of the 5 claims of the paper that this book tests, 3 hold and 2 hold partly in our" in text
     assert "The central claim, that SubDistill beats the baselines at ρ = 1, holds: KD +20.0" in text
     assert "3 hold and 2 hold partly" in text
 
 
 def test_headline_untested():
     assert "No claim" in V.headline([])
+    vs = V.all_verdicts(full_summary())          # no explanations: (d) and (e) not tested
+    assert "of the paper that this book tests, 3 could be judged here: " in V.headline(vs)
 
 
 # Findings ---------------------------------------------------------------------
