@@ -274,24 +274,26 @@ EFFECT_LABELS = {
 
 
 def calibration_effect(effects, steps: int | None = None):
-    """The effect vs pool size, mean ± std over seeds. ``effects``: a long table with
-    columns pool_per_class, effect (a key of :data:`EFFECT_LABELS`), mean, std
+    """The effect vs data size, mean ± std over seeds. ``effects``: a long table with
+    columns train_per_class (or pool_per_class), effect (a key of :data:`EFFECT_LABELS`), mean, std
     (see :func:`reprolib.verdicts.calibration_effects`)."""
     fig, axes = _subplots(figsize=(6.2, 3.6))
     ax = axes[0, 0]
     styles = [dict(color=OKABE_ITO[4], marker="*", linestyle="-", markersize=9),
               dict(color=OKABE_ITO[0], marker="o", linestyle="--")]
-    pools = sorted(effects["pool_per_class"].unique())
+    size = "train_per_class" if "train_per_class" in effects.columns else "pool_per_class"
+    pools = sorted(effects[size].unique())
     for st, (name, g) in zip(styles, effects.groupby("effect", sort=False)):
-        g = g.sort_values("pool_per_class")
-        ax.errorbar(g["pool_per_class"], g["mean"], yerr=_std(g["std"]), capsize=3,
+        g = g.sort_values(size)
+        ax.errorbar(g[size], g["mean"], yerr=_std(g["std"]), capsize=3,
                     label=EFFECT_LABELS.get(name, name), **st)
     ax.axhline(0, color="#777777", linewidth=1)
     ax.set_xscale("log")
     ax.set_xticks(pools)
     ax.set_xticklabels([str(int(p)) for p in pools])
     ax.minorticks_off()
-    ax.set_xlabel("images per class in the distillation pool (log scale)")
+    ax.set_xlabel("training images per class (log scale)" if size == "train_per_class"
+                  else "images per class in the distillation pool (log scale)")
     ax.set_ylabel("test-accuracy difference (share of images)")
     if steps:
         ax.set_title(f"every run: {steps} optimiser steps")

@@ -589,23 +589,37 @@ def finding_subspace_digit_share(energy, random_col: str = "in_random_K_subspace
 
 # ---------------------------------------------------------------------------
 # The calibration curve's numbers
+def calibration_size_column(runs) -> str:
+    """The column that varies along the calibration curve: ``train_per_class`` (the
+    training images per class, at a fixed step budget) when the table has it and it
+    varies, else ``pool_per_class``."""
+    if "train_per_class" in runs.columns and runs["train_per_class"].nunique(dropna=True) > 1:
+        return "train_per_class"
+    return "pool_per_class"
+
+
 def calibration_effects(runs, selection: str = "oracle"):
-    """Per pool size, two effects computed per seed and then averaged: SubDistill −
+    """Per data size, two effects computed per seed and then averaged: SubDistill −
     KD at ρ = 1 and KD at ρ = 0 − KD at ρ = 1 (test accuracy at the λ selected per
-    (method, ρ, pool) by ``selection``). ``runs`` is a results table with
-    ``pool_per_class``. Returns a long table: pool_per_class, effect, mean, std
-    (ddof 1; NaN for one seed), n_seeds, se."""
+    (method, ρ, size) by ``selection``). The size is :func:`calibration_size_column`.
+    Returns a long table: <size column>, effect, mean, std (ddof 1; NaN for one
+    seed), n_seeds, se."""
     import numpy as np
     import pandas as pd
 
     from .sweep import SELECTIONS, select_lambda
 
+    size = calibration_size_column(runs)
     test_col = SELECTIONS[selection][1]
-    chosen = select_lambda(runs, selection)[["method", "rho", "pool_per_class", "lambda_layer"]]
-    merged = runs.merge(chosen.rename(columns={"lambda_layer": "_chosen"}), on=["method", "rho", "pool_per_class"])
+    keys = ["method", "rho", size]
+    # λ is chosen per size (select_lambda may or may not group by this column)
+    chosen = pd.concat([select_lambda(g, selection).assign(**{size: v})
+                        for v, g in runs.groupby(size, sort=True)], ignore_index=True)
+    chosen = chosen[keys + ["lambda_layer"]].drop_duplicates(keys)
+    merged = runs.merge(chosen.rename(columns={"lambda_layer": "_chosen"}), on=keys)
     keep = (merged["method"] == "kd") | np.isclose(merged["lambda_layer"].astype(float),
                                                    merged["_chosen"].astype(float))
-    acc = merged[keep].pivot_table(index=["pool_per_class", "seed"], columns=["method", "rho"], values=test_col)
+    acc = merged[keep].pivot_table(index=[size, "seed"], columns=["method", "rho"], values=test_col)
     effects = {}
     if ("subdistill", 1.0) in acc and ("kd", 1.0) in acc:
         effects["subdistill_minus_kd_at_rho1"] = acc[("subdistill", 1.0)] - acc[("kd", 1.0)]
@@ -613,12 +627,12 @@ def calibration_effects(runs, selection: str = "oracle"):
         effects["kd_drop_rho0_to_rho1"] = acc[("kd", 0.0)] - acc[("kd", 1.0)]
     rows = []
     for name_, series in effects.items():
-        for pool, g in series.dropna().groupby(level="pool_per_class"):
+        for value, g in series.dropna().groupby(level=size):
             n = int(g.count())
             std = float(g.std(ddof=1)) if n > 1 else math.nan
-            rows.append({"pool_per_class": int(pool), "effect": name_, "mean": float(g.mean()), "std": std,
+            rows.append({size: int(value), "effect": name_, "mean": float(g.mean()), "std": std,
                          "n_seeds": n, "se": standard_error(std, n)})
-    return pd.DataFrame(rows, columns=["pool_per_class", "effect", "mean", "std", "n_seeds", "se"])
+    return pd.DataFrame(rows, columns=[size, "effect", "mean", "std", "n_seeds", "se"])
 
 
 def finding_calibration(effects) -> str:
@@ -626,22 +640,24 @@ def finding_calibration(effects) -> str:
     if effects is None or len(effects) == 0:
         return "The calibration curve was not computed."
     if int(effects["n_seeds"].min()) < 2:
-        return ("With one seed per pool size there is no estimate of seed noise, so the curve cannot say where an "
+        return ("With one seed per size there is no estimate of seed noise, so the curve cannot say where an "
                 "effect is real.")
-    d = effects[effects["effect"] == "subdistill_minus_kd_at_rho1"].sort_values("pool_per_class")
-    k = effects[effects["effect"] == "kd_drop_rho0_to_rho1"].sort_values("pool_per_class")
+    size = "train_per_class" if "train_per_class" in effects.columns else "pool_per_class"
+    unit = "training images per class" if size == "train_per_class" else "images per class"
+    d = effects[effects["effect"] == "subdistill_minus_kd_at_rho1"].sort_values(size)
+    k = effects[effects["effect"] == "kd_drop_rho0_to_rho1"].sort_values(size)
     parts = []
     if len(d):
-        pos = [int(p) for p, m, se in zip(d["pool_per_class"], d["mean"], d["se"]) if exceeds(m, se)]
-        neg = [int(p) for p, m, se in zip(d["pool_per_class"], d["mean"], d["se"]) if exceeds(-m, se)]
+        pos = [int(p) for p, m, se in zip(d[size], d["mean"], d["se"]) if exceeds(m, se)]
+        neg = [int(p) for p, m, se in zip(d[size], d["mean"], d["se"]) if exceeds(-m, se)]
         parts.append("SubDistill beats KD at ρ = 1 beyond seed noise at "
-                     + (", ".join(map(str, pos)) + " images per class" if pos else "no pool size")
+                     + (", ".join(map(str, pos)) + f" {unit}" if pos else "no size")
                      + (f" and loses to it at {', '.join(map(str, neg))}" if neg else "")
                      + f" (gap {d['mean'].min() * 100:+.1f} to {d['mean'].max() * 100:+.1f} points)")
     if len(k):
-        drops = [int(p) for p, m, se in zip(k["pool_per_class"], k["mean"], k["se"]) if exceeds(m, se)]
+        drops = [int(p) for p, m, se in zip(k[size], k["mean"], k["se"]) if exceeds(m, se)]
         parts.append("KD loses accuracy from ρ = 0 to ρ = 1 beyond seed noise at "
-                     + (", ".join(map(str, drops)) + " images per class" if drops else "no pool size"))
+                     + (", ".join(map(str, drops)) + f" {unit}" if drops else "no size"))
     return "; ".join(parts) + "."
 
 

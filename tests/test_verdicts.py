@@ -231,3 +231,16 @@ def test_one_seed_findings_do_not_claim_noise():
     assert "no estimate of seed noise" in V.finding_calibration(e)
     s = summary({("kd", 1.0): (0.5, 0.0, 0.4, 0.0)}, n=1)
     assert "one seed, no noise estimate" in V.finding_digit_following(s)
+
+
+def test_calibration_effects_follow_training_size():
+    rows = []
+    for train, gap in ((20, 0.0), (80, 0.1)):
+        for seed in (1, 2):
+            for m, rho, acc in (("kd", 0.0, 0.8), ("kd", 1.0, 0.7), ("subdistill", 1.0, 0.7 + gap)):
+                rows.append({"method": m, "rho": rho, "seed": seed, "lambda_layer": math.nan if m == "kd" else 100.0,
+                             "pool_per_class": 250, "train_per_class": train, "val_accuracy": 0.5,
+                             "test_accuracy": acc + 0.001 * seed})
+    e = V.calibration_effects(pd.DataFrame(rows))
+    assert "train_per_class" in e.columns and set(e["train_per_class"]) == {20, 80}
+    assert "training images per class" in V.finding_calibration(e)
