@@ -486,8 +486,9 @@ def finding_teacher_gap(summary, teacher_accuracy: float, selection: str = "orac
     lo, hi = min(gaps.values()), max(gaps.values())
     where = "below" if lo > 0 else "around"
     span = f"{lo:.0f}–{hi:.0f}" if round(lo) != round(hi) else f"{lo:.0f}"
-    return (f"At ρ = {rho:g} the students reach {min(c.mean for c in cells.values()):.3f}–"
-            f"{max(c.mean for c in cells.values()):.3f}, {span} points {where} the teacher "
+    lo_acc, hi_acc = min(c.mean for c in cells.values()), max(c.mean for c in cells.values())
+    accs = f"{lo_acc:.3f}–{hi_acc:.3f}" if round(lo_acc, 3) != round(hi_acc, 3) else f"{lo_acc:.3f}"
+    return (f"At ρ = {rho:g} the students reach {accs}, {span} points {where} the teacher "
             f"({teacher_accuracy:.3f}) on the same test set.")
 
 
