@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 DPI = 200
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
@@ -212,6 +213,7 @@ def validation_curves(curves, rhos: Sequence[float] | None = None):
                             color=st["color"], alpha=0.15, linewidth=0)
         ax.set_title(f"ρ = {rho:g}")
         ax.set_xlabel("optimiser steps" if use_steps else "epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1.02)
     axes[0, 0].set_ylabel("oracle validation accuracy")
     handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -365,6 +367,8 @@ def training_curves(metrics: dict):
     sel = int(metrics["best_epoch"]) + 1
     b.axvline(sel, color="#777777", linestyle=":", label=f"selected epoch ({sel})")
     b.set_xlabel("epoch")
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     b.set_ylabel("validation accuracy")
     b.set_ylim(0, 1.02)
     b.set_title("(b) validation accuracy")
