@@ -79,6 +79,8 @@ def fmt(value: Any, digits: int = 3) -> str:
     """One table cell: "–" for missing, floats to ``digits`` places, integers as such."""
     if value is None:
         return "–"
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, (int,)) and not isinstance(value, bool):
@@ -103,7 +105,7 @@ def table_html(df, digits: int = 3, index: bool = False, columns: Mapping[str, s
         d = d.rename(columns=columns)
     for col in d.columns:   # contamination rates read as 0, 0.5, 1
         if str(col) in ("ρ", "rho") or str(col).startswith("ρ "):
-            d[col] = d[col].map(lambda v: f"{float(v):g}" if fmt(v) != "–" and not isinstance(v, str) else fmt(v))
+            d[col] = d[col].map(lambda v: fmt(v) if isinstance(v, str) or fmt(v) == "–" else f"{float(v):g}")
     d = d.astype(object).map(lambda v: fmt(v, digits)) if hasattr(d, "map") else d.applymap(lambda v: fmt(v, digits))
     return d.to_html(index=False, escape=True, border=0, classes="dataframe table")
 

@@ -206,3 +206,11 @@ def test_pages_tables_and_command():
     assert cmd == "papermill notebooks/04.ipynb out.ipynb -p preset smoke -p workers 1 -y 'rhos: [0.0, 1.0]' -p out_dir None"
     assert pages.duration(30) == "30 s" and pages.duration(600) == "10.0 min"
     assert "/" not in pages.hardware().split("PyTorch")[0]
+
+
+def test_pages_rho_and_strings():
+    from reprolib import pages
+
+    html = pages.table_html(pd.DataFrame({"ρ": [0.0, 0.5, "1"], "x": ["0.5", -0.0001, 2.0]}))
+    assert ">0.5<" in html and ">1<" in html and ">0<" in html and "0.500" not in html
+    assert ">0.000<" in html and "-0.000" not in html and ">2.000<" in html
