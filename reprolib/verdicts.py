@@ -341,9 +341,9 @@ def claim_tsne_clusters(knn_summary, selection: str = "oracle", rho: float | Non
     elif exceeds(sd, sd_se):
         ahead = [name(m) for m, (v, se) in others.items() if not exceeds(sd - v, combined_se(sd_se, se))]
         verdict = PARTLY
-        reason = ("SubDistill's neighbours share the class more than the digit, but so do "
+        reason = ("SubDistill's neighbours share the class more than the digit, but "
                   + (", ".join(ahead) if ahead else "the others")
-                  + " within seed noise." if others else
+                  + (" does as much" if len(ahead) == 1 else " do as much") + " within seed noise." if others else
                   "SubDistill's neighbours share the class more than the digit; no other method to compare.")
     else:
         verdict, reason = FAILS, "SubDistill's neighbours do not share the class more than the digit beyond seed noise."
@@ -455,8 +455,11 @@ def headline(verdicts: Iterable[Verdict], world: str = "mini", preset: str = "qu
         second = f"The central claim, that SubDistill beats the baselines at ρ = 1, {_verb(b.verdict)}: {b.value}"
         nb = central.get("nonoracle")
         if nb is not None and nb.verdict != UNTESTED:
-            second += (f"; under non-oracle selection it {_verb(nb.verdict)} too." if nb.verdict == b.verdict
-                       else f"; under non-oracle selection it {_verb(nb.verdict)}.")
+            if nb.verdict == b.verdict:
+                second += ("; under non-oracle selection it does not hold either." if nb.verdict == FAILS
+                           else f"; under non-oracle selection it {_verb(nb.verdict)} too.")
+            else:
+                second += f"; under non-oracle selection it {_verb(nb.verdict)}."
         else:
             second += "."
     else:
