@@ -310,7 +310,7 @@ def kd_ablation(summary, selection: str | None = "oracle", teacher: Mapping[floa
     student (solid: narrow, K/d = 0.25; dashed: wide, K/d = 0.5). ``summary`` has a
     ``student`` column."""
     d = _select(summary, selection)
-    fig, axes = _subplots(figsize=(6.4, 4.0))
+    fig, axes = _subplots(figsize=(6.6, 4.8))
     ax = axes[0, 0]
     students = list(dict.fromkeys(d["student"]))
     dashes = ["-", "--", ":", "-."]
@@ -335,7 +335,7 @@ def kd_ablation(summary, selection: str | None = "oracle", teacher: Mapping[floa
     ax.set_ylim(0, 1.02)
     ax.set_xticks(rhos)
     ax.set_xlim(min(rhos) - 0.1, max(rhos) + 0.1)
-    ax.legend(loc="lower left", frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 
