@@ -110,3 +110,20 @@ def test_notebooks_use_the_book_shape():
         assert "pages.footer(" in text, f"{name}: no rerun command"
         assert "## Our verdict and what it means" in text and "## What's next" in text, name
         assert "plt.subplots" not in text, f"{name}: plotting code belongs in reprolib.figures"
+
+
+def test_captions_are_numbered_in_order():
+    """Every figure and table has a numbered caption "**Figure c.k:**", k = 1, 2, ... per chapter."""
+    import re
+
+    import nbformat
+
+    for name in NOTEBOOKS:
+        chapter = int(name[:2])
+        nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        for kind in ("Figure", "Table"):
+            numbers = [(int(a), int(b)) for a, b in re.findall(rf"\*\*{kind} (\d+)\.(\d+):\*\*", text)]
+            assert numbers == [(chapter, k) for k in range(1, len(numbers) + 1)], f"{name}: {kind} {numbers}"
+        plots = sum(c.source.count("plt.show()") for c in nb.cells if c.cell_type == "code")
+        assert len(re.findall(r"\*\*Figure ", text)) >= min(plots, 1), f"{name}: figures without captions"
