@@ -1,0 +1,701 @@
+"""The rules that turn the sweep's and the explanations' numbers into verdicts.
+
+One pure function per claim of the paper (Chormai, Müller, Montavon 2026): a table
+in, a :class:`Verdict` out (its value ``"holds"``, ``"partly"``, ``"does not
+hold"`` or ``"not tested"``, our number with its uncertainty and a one-line
+reason). The rules are stated here, before any method is compared, and never
+tuned to a result:
+
+* Seed noise: a difference counts only when it is larger than the combined
+  standard error of the two means (``sqrt(se_a**2 + se_b**2)``, ``se = std /
+  sqrt(n_seeds)``). With one seed there is no noise estimate and the reason
+  says so.
+* Every accuracy claim is judged separately under the oracle and the non-oracle
+  selection rule (the ``selection`` column of the :func:`reprolib.sweep.select_lambda`
+  summary); :func:`results_at_a_glance` puts them side by side.
+
+Input tables:
+
+* ``summary``: ``pd.concat([sweep.select_lambda(results, s) for s in sweep.SELECTIONS])``
+  (columns ``selection, method, rho, lambda_layer, n_seeds, test_accuracy_mean,
+  test_accuracy_std, predicts_digit_mean, predicts_digit_std, ...``).
+* ``knn_summary``: :func:`reprolib.explain.explain_sweep`'s ``knn_summary``
+  (``method, rho, knn_class_mean, knn_class_std, knn_digit_mean, knn_digit_std``
+  and optionally ``n_seeds``).
+* ``lrp_summary``: its ``lrp_summary`` (``method, rho, corr_mean,
+  corr_ci_low, corr_ci_high, digit_share_student, digit_share_teacher, n_seeds``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable, Mapping, Sequence
+
+HOLDS, PARTLY, FAILS, UNTESTED = "holds", "partly", "does not hold", "not tested"
+VERDICTS = (HOLDS, PARTLY, FAILS, UNTESTED)
+CHANCE = 0.2            # five subtask classes
+BASELINES = ("kd", "at", "vid", "vkd")
+METHOD_NAMES = {"kd": "KD", "at": "AT", "vid": "VID", "vkd": "VkD", "subdistill": "SubDistill",
+                "teacher": "teacher"}
+SELECTION_NAMES = {"oracle": "oracle", "nonoracle": "non-oracle"}
+
+# The paper's statements, as the book quotes them.
+PAPER = {
+    "a": "SubDistill keeps more than 90 % test accuracy at ρ = 0.5.",
+    "b": "At ρ = 1, SubDistill beats the baselines by 15–38 accuracy points.",
+    "c": "At ρ = 1, some baselines fall to near chance (20 %).",
+    "d": "t-SNE of SubDistill's features clusters by class, not by the digit.",
+    "e": "SubDistill's LRP heatmaps correlate positively with the teacher's; the other methods' negatively.",
+}
+CLAIMS = {
+    "a": "SubDistill > 90 % at ρ = 0.5",
+    "b": "SubDistill beats baselines at ρ = 1",
+    "c": "Baselines near chance at ρ = 1",
+    "d": "Features cluster by class, not digit",
+    "e": "Relevance correlation: SubDistill +, others −",
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One claim judged under one selection rule."""
+
+    key: str                 # "a".."e"
+    claim: str               # short name of the claim
+    paper: str               # the paper's statement
+    verdict: str             # one of VERDICTS
+    value: str               # our number with its uncertainty
+    reason: str              # one line: why this verdict
+    selection: str = "oracle"
+
+    @property
+    def sentence(self) -> str:
+        return f"{self.claim}: {self.verdict} ({SELECTION_NAMES.get(self.selection, self.selection)} " \
+               f"selection). {self.reason}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------
+# Small helpers (pure)
+def name(method: str) -> str:
+    return METHOD_NAMES.get(method, method)
+
+
+def standard_error(std: float, n: int) -> float:
+    """``std / sqrt(n)``; 0 when there is one seed or no std (no noise estimate)."""
+    if n is None or n < 2 or std is None or not math.isfinite(float(std)):
+        return 0.0
+    return float(std) / math.sqrt(n)
+
+
+def combined_se(*ses: float) -> float:
+    return math.sqrt(sum(float(s) ** 2 for s in ses))
+
+
+def exceeds(diff: float, se: float) -> bool:
+    """A difference counts only when it is larger than its standard error."""
+    return math.isfinite(diff) and diff > se
+
+
+def fmt_pm(mean: float, se: float, digits: int = 3) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def fmt_points(diff: float, se: float) -> str:
+    if not math.isfinite(diff):
+        return "–"
+    return f"{diff * 100:+.1f} ± {se * 100:.1f} points"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A (method, ρ) cell of the selection summary: mean, std, seeds, standard error."""
+
+    mean: float
+    std: float
+    n: int
+    lam: float = math.nan
+
+    @property
+    def se(self) -> float:
+        return standard_error(self.std, self.n)
+
+    @property
+    def ok(self) -> bool:
+        return math.isfinite(self.mean)
+
+
+MISSING = Cell(math.nan, math.nan, 0)
+
+
+def cell(summary, method: str, rho: float, selection: str = "oracle",
+         metric: str = "test_accuracy") -> Cell:
+    """The mean/std/n of ``metric`` for one (method, ρ) under one selection rule."""
+    if summary is None or len(summary) == 0:
+        return MISSING
+    d = summary
+    if "selection" in d.columns:
+        d = d[d["selection"] == selection]
+    d = d[(d["method"] == method) & ((d["rho"].astype(float) - float(rho)).abs() < 1e-9)]
+    if len(d) == 0 or f"{metric}_mean" not in d.columns:
+        return MISSING
+    r = d.iloc[0]
+    n = int(r["n_seeds"]) if "n_seeds" in d.columns and _finite(r["n_seeds"]) else 1
+    lam = float(r["lambda_layer"]) if "lambda_layer" in d.columns and _finite(r["lambda_layer"]) else math.nan
+    std = r.get(f"{metric}_std", math.nan)
+    return Cell(float(r[f"{metric}_mean"]), float(std) if _finite(std) else math.nan, n, lam)
+
+
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _seed_note(*cells: Cell) -> str:
+    n = min((c.n for c in cells if c.ok), default=0)
+    return " One seed: no seed-noise estimate." if n < 2 else ""
+
+
+def _methods(summary, selection: str, rho: float) -> list[str]:
+    d = summary[summary["selection"] == selection] if "selection" in summary.columns else summary
+    d = d[(d["rho"].astype(float) - float(rho)).abs() < 1e-9]
+    present = list(dict.fromkeys(d["method"]))
+    order = [m for m in (*BASELINES, "subdistill") if m in present]
+    return order + [m for m in present if m not in order]
+
+
+def _untested(key: str, why: str, selection: str) -> Verdict:
+    return Verdict(key, CLAIMS[key], PAPER[key], UNTESTED, "–", why[:1].upper() + why[1:], selection)
+
+
+# ---------------------------------------------------------------------------
+# (a) SubDistill > 90 % at ρ = 0.5: literal and relative-to-ρ=0 readings
+def claim_accuracy_at_half(summary, selection: str = "oracle", threshold: float = 0.90,
+                           tolerance: float = 0.02, rho: float = 0.5) -> Verdict:
+    """Holds: SubDistill's mean at ρ = 0.5 exceeds ``threshold`` by more than its
+    standard error (the literal reading). Partly: the literal reading fails but the
+    relative one holds: SubDistill at ρ = 0.5 is not lower than at ρ = 0 by more than
+    ``tolerance`` or, if larger, the combined standard error (it keeps its clean
+    accuracy; the mini world's teacher is weaker than the paper's). Otherwise it
+    does not hold."""
+    half, zero = cell(summary, "subdistill", rho, selection), cell(summary, "subdistill", 0.0, selection)
+    if not half.ok:
+        return _untested("a", f"no SubDistill run at ρ = {rho:g} in this sweep.", selection)
+    literal = exceeds(half.mean - threshold, half.se)
+    value = f"{fmt_pm(half.mean, half.se)} at ρ = {rho:g}"
+    if zero.ok:
+        drop = zero.mean - half.mean
+        se = combined_se(zero.se, half.se)
+        relative = not exceeds(drop, max(tolerance, se))
+        value += f" (ρ = 0: {fmt_pm(zero.mean, zero.se)})"
+        rel_text = (f"from ρ = 0 to ρ = {rho:g} it changes by {fmt_points(-drop, se)}, "
+                    + ("within" if relative else "beyond") + f" {max(tolerance, se) * 100:.1f} points")
+    else:
+        relative, rel_text = False, "no ρ = 0 run to compare with"
+    if literal:
+        verdict = HOLDS
+        reason = f"Above {threshold:.0%} by more than its standard error; {rel_text}."
+    elif relative:
+        verdict = PARTLY
+        reason = (f"Not above {threshold:.0%} (literal reading fails), but {rel_text} "
+                  f"(relative reading holds).")
+    else:
+        verdict = FAILS
+        reason = f"Not above {threshold:.0%}, and {rel_text}."
+    return Verdict("a", CLAIMS["a"], PAPER["a"], verdict, value, reason + _seed_note(half, zero), selection)
+
+
+# ---------------------------------------------------------------------------
+# (b) SubDistill beats the baselines by 15–38 points at ρ = 1
+def claim_margin_over_baselines(summary, selection: str = "oracle", low: float = 0.15,
+                                rho: float = 1.0) -> Verdict:
+    """Per baseline, the gap = SubDistill − baseline at ρ = 1 with its combined
+    standard error. Holds: every gap is larger than its standard error and reaches
+    ``low`` (15 points) within it. Partly: SubDistill beats at least one baseline by
+    more than the standard error. Does not hold: no gap is larger than its noise."""
+    sd = cell(summary, "subdistill", rho, selection)
+    if not sd.ok:
+        return _untested("b", f"no SubDistill run at ρ = {rho:g} in this sweep.", selection)
+    gaps = {}
+    for m in _methods(summary, selection, rho):
+        if m == "subdistill":
+            continue
+        b = cell(summary, m, rho, selection)
+        if b.ok:
+            gaps[m] = (sd.mean - b.mean, combined_se(sd.se, b.se), b)
+    if not gaps:
+        return _untested("b", f"no baseline at ρ = {rho:g} in this sweep.", selection)
+    value = ", ".join(f"{name(m)} {fmt_points(g, se)}" for m, (g, se, _) in gaps.items())
+    beaten = [m for m, (g, se, _) in gaps.items() if exceeds(g, se)]
+    big = [m for m, (g, se, _) in gaps.items() if exceeds(g, se) and g + se >= low]
+    if len(big) == len(gaps):
+        verdict = HOLDS
+        reason = f"SubDistill beats every baseline beyond seed noise, each by about {low * 100:.0f} points or more."
+    elif beaten:
+        verdict = PARTLY
+        smallest = min(gaps, key=lambda m: gaps[m][0])
+        reason = (f"SubDistill beats {', '.join(name(m) for m in beaten)} beyond seed noise, but not every "
+                  f"baseline by {low * 100:.0f} points (smallest gap: {name(smallest)} "
+                  f"{gaps[smallest][0] * 100:+.1f}).")
+    else:
+        verdict = FAILS
+        best = max(gaps, key=lambda m: gaps[m][0])
+        reason = (f"No gap is larger than its standard error (largest: {name(best)} "
+                  f"{fmt_points(*gaps[best][:2])}).")
+    return Verdict("b", CLAIMS["b"], PAPER["b"], verdict, value,
+                   reason + _seed_note(sd, *(c for _, _, c in gaps.values())), selection)
+
+
+# ---------------------------------------------------------------------------
+# (c) Some baselines fall to near chance at ρ = 1
+def claim_baselines_near_chance(summary, selection: str = "oracle", chance: float = CHANCE,
+                                near: float = 0.10, rho: float = 1.0) -> Verdict:
+    """Take the worst baseline at ρ = 1. Holds: its mean test accuracy is within
+    ``near`` (10 points) of chance. Partly: it is not, but some baseline follows the
+    digit beyond chance (its predicts-its-digit rate exceeds ``chance`` by more
+    than its standard error): the shortcut is learned, not to the point of chance.
+    Does not hold: neither."""
+    accs = {m: cell(summary, m, rho, selection) for m in _methods(summary, selection, rho)
+            if m != "subdistill"}
+    accs = {m: c for m, c in accs.items() if c.ok}
+    if not accs:
+        return _untested("c", f"no baseline at ρ = {rho:g} in this sweep.", selection)
+    worst = min(accs, key=lambda m: accs[m].mean)
+    w = accs[worst]
+    value = f"worst baseline {name(worst)} {fmt_pm(w.mean, w.se)} (chance {chance:.2f})"
+    follow = {m: cell(summary, m, rho, selection, "predicts_digit") for m in accs}
+    follow = {m: c for m, c in follow.items() if c.ok}
+    followers = [m for m, c in follow.items() if exceeds(c.mean - chance, c.se)]
+    if w.mean <= chance + near:
+        verdict, reason = HOLDS, (f"{name(worst)} is within {near * 100:.0f} points of chance "
+                                  f"({(w.mean - chance) * 100:+.1f}).")
+    elif followers:
+        top = max(followers, key=lambda m: follow[m].mean)
+        verdict = PARTLY
+        reason = (f"No baseline is near chance ({name(worst)} is {(w.mean - chance) * 100:.1f} points above it), "
+                  f"but {', '.join(name(m) for m in followers)} follow the digit beyond chance "
+                  f"({name(top)} predicts it on {follow[top].mean:.0%} of digit-bearing images).")
+    else:
+        verdict = FAILS
+        reason = (f"No baseline is near chance ({name(worst)} is {(w.mean - chance) * 100:.1f} points above it) "
+                  "and none follows the digit beyond chance." if follow else
+                  f"No baseline is near chance ({name(worst)} is {(w.mean - chance) * 100:.1f} points above it).")
+    return Verdict("c", CLAIMS["c"], PAPER["c"], verdict, value, reason + _seed_note(w), selection)
+
+
+# ---------------------------------------------------------------------------
+# (d) t-SNE: SubDistill clusters by class, not digit (kNN agreement in feature space)
+def _knn_rows(knn_summary, rho: float | None):
+    if knn_summary is None or len(knn_summary) == 0:
+        return None, None
+    d = knn_summary[knn_summary["method"] != "teacher"]
+    d = d[d["rho"].notna()]
+    if len(d) == 0:
+        return None, None
+    top = float(d["rho"].max()) if rho is None else float(rho)
+    d = d[(d["rho"].astype(float) - top).abs() < 1e-9]
+    return d.set_index("method"), top
+
+
+def _knn_margin(row, n: int) -> tuple[float, float]:
+    margin = float(row["knn_class_mean"]) - float(row["knn_digit_mean"])
+    se = combined_se(standard_error(row.get("knn_class_std", math.nan), n),
+                     standard_error(row.get("knn_digit_std", math.nan), n))
+    return margin, se
+
+
+def claim_tsne_clusters(knn_summary, selection: str = "oracle", rho: float | None = None,
+                        n_seeds: int | None = None) -> Verdict:
+    """Margin = kNN class agreement − kNN digit agreement (k = 10, in feature space)
+    at the highest ρ. Holds: SubDistill's margin is larger than its standard error
+    and exceeds every other method's margin by more than the combined standard
+    error. Partly: SubDistill's margin is positive beyond noise, but not larger than
+    every other method's beyond noise. Does not hold: it is not positive beyond noise."""
+    d, top = _knn_rows(knn_summary, rho)
+    if d is None or "subdistill" not in d.index:
+        return _untested("d", "no SubDistill student was explained.", selection)
+
+    def n_of(m):
+        if n_seeds is not None:
+            return n_seeds
+        return int(d.loc[m, "n_seeds"]) if "n_seeds" in d.columns and _finite(d.loc[m, "n_seeds"]) else 1
+
+    margins = {m: _knn_margin(d.loc[m], n_of(m)) for m in d.index}
+    sd, sd_se = margins["subdistill"]
+    r = d.loc["subdistill"]
+    value = (f"ρ = {top:g}: SubDistill class {float(r['knn_class_mean']):.3f}, digit "
+             f"{float(r['knn_digit_mean']):.3f} (margin {sd:+.3f} ± {sd_se:.3f}); others' margins "
+             + ", ".join(f"{name(m)} {v:+.3f}" for m, (v, _) in margins.items() if m != "subdistill"))
+    others = {m: v for m, v in margins.items() if m != "subdistill"}
+    beats_all = all(exceeds(sd - v, combined_se(sd_se, se)) for v, se in others.values())
+    note = " One seed: no seed-noise estimate." if min(n_of(m) for m in d.index) < 2 else ""
+    if exceeds(sd, sd_se) and beats_all and others:
+        verdict, reason = HOLDS, "SubDistill's neighbours share the class more than the digit, more clearly than every other method's."
+    elif exceeds(sd, sd_se):
+        ahead = [name(m) for m, (v, se) in others.items() if not exceeds(sd - v, combined_se(sd_se, se))]
+        verdict = PARTLY
+        reason = ("SubDistill's neighbours share the class more than the digit, but "
+                  + (", ".join(ahead) if ahead else "the others")
+                  + (" does as much" if len(ahead) == 1 else " do as much") + " within seed noise." if others else
+                  "SubDistill's neighbours share the class more than the digit; no other method to compare.")
+    else:
+        verdict, reason = FAILS, "SubDistill's neighbours do not share the class more than the digit beyond seed noise."
+    return Verdict("d", CLAIMS["d"], PAPER["d"], verdict, value, reason + note, selection)
+
+
+# ---------------------------------------------------------------------------
+# (e) LRP: SubDistill's teacher–student heatmap correlation positive, the others' negative
+def _corr(row) -> tuple[float, float, float]:
+    mean = float(row["corr_mean"])
+    lo = float(row["corr_ci_low"]) if "corr_ci_low" in row and _finite(row["corr_ci_low"]) else mean
+    hi = float(row["corr_ci_high"]) if "corr_ci_high" in row and _finite(row["corr_ci_high"]) else mean
+    return mean, lo, hi
+
+
+def claim_lrp_correlation(lrp_summary, selection: str = "oracle", rho: float | None = None) -> Verdict:
+    """A correlation is positive when its 95 % interval (bootstrap over images,
+    averaged over seeds) lies above 0, negative when below. Holds: SubDistill's is
+    positive and every other method's negative. Partly: SubDistill's is positive,
+    the others' not all negative. Does not hold: SubDistill's is not positive."""
+    if lrp_summary is None or len(lrp_summary) == 0:
+        return _untested("e", "no student was explained with LRP.", selection)
+    d = lrp_summary[lrp_summary["rho"].notna()]
+    top = float(d["rho"].max()) if rho is None else float(rho)
+    d = d[(d["rho"].astype(float) - top).abs() < 1e-9].set_index("method")
+    if "subdistill" not in d.index:
+        return _untested("e", "no SubDistill student was explained with LRP.", selection)
+    corr = {m: _corr(d.loc[m]) for m in d.index}
+    sd, sd_lo, sd_hi = corr["subdistill"]
+    value = f"ρ = {top:g}: " + ", ".join(f"{name(m)} {c[0]:+.3f} [{c[1]:+.3f}, {c[2]:+.3f}]" for m, c in corr.items())
+    others = {m: c for m, c in corr.items() if m != "subdistill"}
+    negative = [m for m, c in others.items() if c[2] < 0]
+    if sd_lo > 0 and others and len(negative) == len(others):
+        verdict, reason = HOLDS, "SubDistill's correlation is positive and every other method's negative (95 % intervals)."
+    elif sd_lo > 0:
+        not_neg = [name(m) for m in others if m not in negative]
+        verdict = PARTLY
+        reason = ("SubDistill's correlation is positive, but " + ", ".join(not_neg) + " not negative (95 % intervals)."
+                  if not_neg else "SubDistill's correlation is positive; no other method to compare.")
+    else:
+        verdict, reason = FAILS, (f"SubDistill's correlation is not positive: its 95 % interval "
+                                  f"[{sd_lo:+.3f}, {sd_hi:+.3f}] reaches zero or below.")
+    return Verdict("e", CLAIMS["e"], PAPER["e"], verdict, value, reason, selection)
+
+
+# ---------------------------------------------------------------------------
+# All claims, side by side
+def all_verdicts(summary, knn: Mapping[str, object] | None = None,
+                 lrp: Mapping[str, object] | None = None,
+                 selections: Sequence[str] = ("oracle", "nonoracle")) -> list[Verdict]:
+    """Every claim under every selection rule. ``knn``/``lrp`` map a selection name
+    to that selection's explain summary (or are ``None``: claims (d), (e) untested)."""
+    out = []
+    for s in selections:
+        out += [claim_accuracy_at_half(summary, s), claim_margin_over_baselines(summary, s),
+                claim_baselines_near_chance(summary, s),
+                claim_tsne_clusters((knn or {}).get(s), s), claim_lrp_correlation((lrp or {}).get(s), s)]
+    return out
+
+
+def results_at_a_glance(verdicts: Iterable[Verdict]):
+    """The "Results at a glance" table: one row per claim, oracle and non-oracle
+    selection side by side (columns: Claim, The paper, Our number, Our verdict, Why)."""
+    import pandas as pd
+
+    by_key: dict[str, dict[str, Verdict]] = {}
+    for v in verdicts:
+        by_key.setdefault(v.key, {})[v.selection] = v
+    rows = []
+    for key in sorted(by_key):
+        vs = by_key[key]
+        order = [s for s in ("oracle", "nonoracle") if s in vs] + [s for s in vs if s not in ("oracle", "nonoracle")]
+        first = vs[order[0]]
+        same_value = len({vs[s].value for s in order}) == 1
+        if len(order) == 1 or same_value:
+            number = first.value
+        else:
+            number = "; ".join(f"{SELECTION_NAMES.get(s, s)}: {vs[s].value}" for s in order)
+        verdicts_text = " / ".join(f"{vs[s].verdict} ({SELECTION_NAMES.get(s, s)})" for s in order) \
+            if len({vs[s].verdict for s in order}) > 1 else first.verdict
+        reason = first.reason if len({vs[s].reason for s in order}) == 1 else \
+            " ".join(f"{SELECTION_NAMES.get(s, s).capitalize()}: {vs[s].reason}" for s in order)
+        rows.append({"Claim": f"({key}) {first.claim}", "The paper": first.paper, "Our number": number,
+                     "Our verdict": verdicts_text, "Why": reason})
+    return pd.DataFrame(rows, columns=["Claim", "The paper", "Our number", "Our verdict", "Why"])
+
+
+def headline(verdicts: Iterable[Verdict], world: str = "mini", preset: str = "quick") -> str:
+    """Two sentences: how many claims hold under the oracle rule (the paper's), and
+    the central claim (b) with its number under both rules."""
+    verdicts = list(verdicts)
+    oracle = [v for v in verdicts if v.selection == "oracle" and v.verdict != UNTESTED]
+    if not oracle:
+        return (f"No claim of the paper could be tested with the {preset} sweep of the {world} world. "
+                "Run the sweep and the explanations first.")
+    n_all = len({v.key for v in verdicts})
+    counts = {k: sum(v.verdict == k for v in oracle) for k in (HOLDS, PARTLY, FAILS)}
+    words = {HOLDS: ("holds", "hold"), PARTLY: ("holds partly", "hold partly"),
+             FAILS: ("does not hold", "do not hold")}
+    parts = [f"{n} {words[k][0] if n == 1 else words[k][1]}" for k, n in counts.items() if n]
+    judged = (f"Of the {n_all} claims of the paper that this book tests, {_join(parts)}" if len(oracle) == n_all else
+              f"Of the {n_all} claims of the paper that this book tests, {len(oracle)} could be judged here: "
+              f"{_join(parts)},")
+    first = (f"{judged} in our {world}-world reproduction ({preset} preset; λ and checkpoint chosen by the "
+             f"paper's oracle validation rule).")
+    central = {v.selection: v for v in verdicts if v.key == "b"}
+    if "oracle" in central and central["oracle"].verdict != UNTESTED:
+        b = central["oracle"]
+        second = f"The central claim, that SubDistill beats the baselines at ρ = 1, {_verb(b.verdict)}: {b.value}"
+        nb = central.get("nonoracle")
+        if nb is not None and nb.verdict != UNTESTED:
+            if nb.verdict == b.verdict:
+                second += ("; under non-oracle selection it does not hold either." if nb.verdict == FAILS
+                           else f"; under non-oracle selection it {_verb(nb.verdict)} too.")
+            else:
+                second += f"; under non-oracle selection it {_verb(nb.verdict)}."
+        else:
+            second += "."
+    else:
+        second = "The central claim, that SubDistill beats the baselines at ρ = 1, was not tested."
+    return first + " " + second
+
+
+def _verb(verdict: str) -> str:
+    return {HOLDS: "holds", PARTLY: "holds partly", FAILS: "does not hold"}.get(verdict, "was not tested")
+
+
+def _join(parts: list[str]) -> str:
+    if len(parts) <= 1:
+        return "".join(parts)
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+# ---------------------------------------------------------------------------
+# Findings read out in words (sentences generated from the numbers)
+def finding_teacher_gap(summary, teacher_accuracy: float, selection: str = "oracle", rho: float = 0.0) -> str:
+    """How far the students sit below the teacher at ρ (default 0)."""
+    cells = {m: cell(summary, m, rho, selection) for m in _methods(summary, selection, rho)}
+    cells = {m: c for m, c in cells.items() if c.ok}
+    if not cells or not _finite(teacher_accuracy):
+        return f"No student at ρ = {rho:g} to compare with the teacher."
+    gaps = {m: (teacher_accuracy - c.mean) * 100 for m, c in cells.items()}
+    lo, hi = min(gaps.values()), max(gaps.values())
+    where = "below" if lo > 0 else "around"
+    span = f"{lo:.0f}–{hi:.0f}" if round(lo) != round(hi) else f"{lo:.0f}"
+    lo_acc, hi_acc = min(c.mean for c in cells.values()), max(c.mean for c in cells.values())
+    accs = f"{lo_acc:.3f}–{hi_acc:.3f}" if round(lo_acc, 3) != round(hi_acc, 3) else f"{lo_acc:.3f}"
+    return (f"At ρ = {rho:g} the students reach {accs}, {span} points {where} the teacher "
+            f"({teacher_accuracy:.3f}) on the same test set.")
+
+
+def finding_digit_following(summary, selection: str = "oracle", rho: float = 1.0, chance: float = CHANCE) -> str:
+    """How often the students at ρ predict the painted digit, against chance."""
+    f = {m: cell(summary, m, rho, selection, "predicts_digit") for m in _methods(summary, selection, rho)}
+    f = {m: c for m, c in f.items() if c.ok}
+    if not f:
+        return f"No digit-bearing test images at ρ = {rho:g}."
+    base = {m: c for m, c in f.items() if m != "subdistill"}
+    text = ""
+    if base:
+        lo, hi = min(c.mean for c in base.values()), max(c.mean for c in base.values())
+        above = [m for m, c in base.items() if exceeds(c.mean - chance, c.se)]
+        span = f"{lo:.0%}–{hi:.0%}" if round(lo, 2) != round(hi, 2) else f"{lo:.0%}"
+        noise = ("one seed, no noise estimate" if min(c.n for c in base.values()) < 2 else
+                 (f"{', '.join(name(m) for m in above)} beyond seed noise" if above else "none beyond seed noise"))
+        text = (f"At ρ = {rho:g} the baselines predict the painted digit on {span} of digit-bearing "
+                f"test images (chance {chance:.0%}; {noise}). ")
+        if hi - chance < 0.15:
+            text += "So little shortcut-following leaves the test little power to separate the methods. "
+    if "subdistill" in f:
+        text += f"SubDistill: {f['subdistill'].mean:.0%}."
+    return text.strip()
+
+
+def finding_similar_methods(summary, selection: str = "oracle", rho: float = 1.0,
+                            methods: Sequence[str] = ("kd", "at", "vid")) -> str:
+    """Whether the given methods are indistinguishable within seed noise at ρ."""
+    cells = {m: cell(summary, m, rho, selection) for m in methods}
+    cells = {m: c for m, c in cells.items() if c.ok}
+    if len(cells) < 2:
+        return "Fewer than two of these methods ran; nothing to compare."
+    ms = list(cells)
+    pairs = [(a, b) for i, a in enumerate(ms) for b in ms[i + 1:]]
+    differ = [(a, b) for a, b in pairs
+              if exceeds(abs(cells[a].mean - cells[b].mean), combined_se(cells[a].se, cells[b].se))]
+    spread = (max(c.mean for c in cells.values()) - min(c.mean for c in cells.values())) * 100
+    names_ = ", ".join(name(m) for m in ms)
+    if not differ:
+        return (f"At ρ = {rho:g}, {names_} lie within {spread:.1f} points of each other, no pair apart beyond "
+                "seed noise: with these λ they behave as nearly the same network.")
+    return (f"At ρ = {rho:g}, {names_} span {spread:.1f} points; "
+            + ", ".join(f"{name(a)} vs {name(b)}" for a, b in differ) + " differ beyond seed noise.")
+
+
+def finding_lambda_edges(summary, lambdas: Sequence[float], selection: str = "oracle") -> str:
+    """Which chosen λ sit at an edge of the grid."""
+    lambdas = sorted(float(x) for x in lambdas)
+    d = summary[summary["selection"] == selection] if "selection" in summary.columns else summary
+    d = d[d["method"] != "kd"]
+    d = d[d["lambda_layer"].apply(_finite)]
+    if len(d) == 0 or len(lambdas) < 2:
+        return ("The λ grid has a single value: nothing was selected." if len(lambdas) < 2
+                else "No method with a layer weight ran.")
+    low = d[(d["lambda_layer"].astype(float) - lambdas[0]).abs() < 1e-12]
+    high = d[(d["lambda_layer"].astype(float) - lambdas[-1]).abs() < 1e-12]
+    n = len(d)
+    text = (f"Of {n} choices of λ (method × ρ), {len(low)} sit at the grid's lower edge (λ = {lambdas[0]:g}) and "
+            f"{len(high)} at its upper edge (λ = {lambdas[-1]:g}).")
+    if len(low) + len(high) > n / 2:
+        text += " Most choices are at an edge, so the best λ may lie outside the grid."
+    return text
+
+
+def finding_digit_patch(lrp_summary, rho: float | None = None) -> str:
+    """Which method puts the least positive relevance on the digit patch."""
+    if lrp_summary is None or len(lrp_summary) == 0 or "digit_share_student" not in lrp_summary:
+        return "No LRP relevance was computed."
+    d = lrp_summary[lrp_summary["rho"].notna()]
+    top = float(d["rho"].max()) if rho is None else float(rho)
+    d = d[(d["rho"].astype(float) - top).abs() < 1e-9].set_index("method")["digit_share_student"].astype(float)
+    if len(d) == 0:
+        return f"No LRP relevance at ρ = {top:g}."
+    least = d.idxmin()
+    others = d.drop(least)
+    teacher = lrp_summary["digit_share_teacher"].dropna()
+    text = f"At ρ = {top:g}, {name(least)} puts the least positive relevance on the digit patch ({d[least]:.3f}"
+    if len(others) == 1:
+        text += f" vs {others.iloc[0]:.3f} for {name(others.index[0])}"
+    elif len(others):
+        text += f" vs {others.min():.3f}–{others.max():.3f} for the others"
+    text += ")"
+    if len(teacher):
+        text += f"; the teacher puts {float(teacher.iloc[0]):.3f} there"
+    return text + "."
+
+
+def finding_subspace_digit_share(energy, random_col: str = "in_random_K_subspace",
+                                 share_col: str = "digit_energy_in_U_K") -> str:
+    """The share of the digit's effect on the teacher's features inside U_K."""
+    if energy is None or len(energy) == 0:
+        return "The digit's share in the subspace was not measured."
+    s = energy[share_col].astype(float)
+    r = energy[random_col].astype(float)
+    return (f"The relevant subspace keeps {s.min():.0%}–{s.max():.0%} of the digit's effect on the teacher's "
+            f"features (a random subspace of the same size: {r.min():.0%}–{r.max():.0%}).")
+
+
+# ---------------------------------------------------------------------------
+# The calibration curve's numbers
+def calibration_size_column(runs) -> str:
+    """The column that varies along the calibration curve: ``train_per_class`` (the
+    training images per class, at a fixed step budget) when the table has it and it
+    varies, else ``pool_per_class``."""
+    if "train_per_class" in runs.columns and runs["train_per_class"].nunique(dropna=True) > 1:
+        return "train_per_class"
+    return "pool_per_class"
+
+
+def calibration_effects(runs, selection: str = "oracle"):
+    """Per data size, two effects computed per seed and then averaged: SubDistill −
+    KD at ρ = 1 and KD at ρ = 0 − KD at ρ = 1 (test accuracy at the λ selected per
+    (method, ρ, size) by ``selection``). The size is :func:`calibration_size_column`.
+    Returns a long table: <size column>, effect, mean, std (ddof 1; NaN for one
+    seed), n_seeds, se."""
+    import numpy as np
+    import pandas as pd
+
+    from .sweep import SELECTIONS, select_lambda
+
+    size = calibration_size_column(runs)
+    test_col = SELECTIONS[selection][1]
+    keys = ["method", "rho", size]
+    # λ is chosen per size (select_lambda may or may not group by this column)
+    chosen = pd.concat([select_lambda(g, selection).assign(**{size: v})
+                        for v, g in runs.groupby(size, sort=True)], ignore_index=True)
+    chosen = chosen[keys + ["lambda_layer"]].drop_duplicates(keys)
+    merged = runs.merge(chosen.rename(columns={"lambda_layer": "_chosen"}), on=keys)
+    keep = (merged["method"] == "kd") | np.isclose(merged["lambda_layer"].astype(float),
+                                                   merged["_chosen"].astype(float))
+    acc = merged[keep].pivot_table(index=[size, "seed"], columns=["method", "rho"], values=test_col)
+    effects = {}
+    if ("subdistill", 1.0) in acc and ("kd", 1.0) in acc:
+        effects["subdistill_minus_kd_at_rho1"] = acc[("subdistill", 1.0)] - acc[("kd", 1.0)]
+    if ("kd", 0.0) in acc and ("kd", 1.0) in acc:
+        effects["kd_drop_rho0_to_rho1"] = acc[("kd", 0.0)] - acc[("kd", 1.0)]
+    rows = []
+    for name_, series in effects.items():
+        for value, g in series.dropna().groupby(level=size):
+            n = int(g.count())
+            std = float(g.std(ddof=1)) if n > 1 else math.nan
+            rows.append({size: int(value), "effect": name_, "mean": float(g.mean()), "std": std,
+                         "n_seeds": n, "se": standard_error(std, n)})
+    return pd.DataFrame(rows, columns=[size, "effect", "mean", "std", "n_seeds", "se"])
+
+
+def finding_calibration(effects) -> str:
+    """Where along the pool sizes SubDistill's advantage is larger than its noise."""
+    if effects is None or len(effects) == 0:
+        return "The calibration curve was not computed."
+    if int(effects["n_seeds"].min()) < 2:
+        return ("With one seed per size there is no estimate of seed noise, so the curve cannot say where an "
+                "effect is real.")
+    size = "train_per_class" if "train_per_class" in effects.columns else "pool_per_class"
+    unit = "training images per class" if size == "train_per_class" else "images per class"
+    d = effects[effects["effect"] == "subdistill_minus_kd_at_rho1"].sort_values(size)
+    k = effects[effects["effect"] == "kd_drop_rho0_to_rho1"].sort_values(size)
+    parts = []
+    if len(d):
+        pos = [int(p) for p, m, se in zip(d[size], d["mean"], d["se"]) if exceeds(m, se)]
+        neg = [int(p) for p, m, se in zip(d[size], d["mean"], d["se"]) if exceeds(-m, se)]
+        parts.append("SubDistill beats KD at ρ = 1 beyond seed noise at "
+                     + (", ".join(map(str, pos)) + f" {unit}" if pos else "no size")
+                     + (f" and loses to it at {', '.join(map(str, neg))}" if neg else "")
+                     + f" (gap {d['mean'].min() * 100:+.1f} to {d['mean'].max() * 100:+.1f} points)")
+    if len(k):
+        drops = [int(p) for p, m, se in zip(k[size], k["mean"], k["se"]) if exceeds(m, se)]
+        parts.append("KD loses accuracy from ρ = 0 to ρ = 1 beyond seed noise at "
+                     + (", ".join(map(str, drops)) + f" {unit}" if drops else "no size"))
+    return "; ".join(parts) + "."
+
+
+def finding_convergence(curves, rho: float = 0.0, tolerance: float = 0.02) -> str:
+    """Whether the validation curves have flattened: per method at ρ, the change of
+    the mean (over seeds) validation accuracy over the last quarter of training.
+    ``curves`` is :func:`reprolib.figures.load_curves`'s table."""
+    if curves is None or len(curves) == 0:
+        return "No validation curves were recorded."
+    d = curves[(curves["rho"].astype(float) - rho).abs() < 1e-9]
+    if len(d) == 0:
+        return f"No run at ρ = {rho:g}."
+    changes = {}
+    for m, g in d.groupby("method", sort=False):
+        mean = g.groupby("epoch")["val_accuracy"].mean().sort_index()
+        if len(mean) < 2:
+            continue
+        last = mean.index[-1]
+        at = mean.index[mean.index <= last * 0.75]
+        ref = mean.loc[at[-1]] if len(at) else mean.iloc[0]
+        changes[m] = float(mean.iloc[-1] - ref)
+    if not changes:
+        return "The runs are too short to judge convergence."
+    text = (f"Over the last quarter of training at ρ = {rho:g}, the mean validation accuracy changes by "
+            + ", ".join(f"{c * 100:+.1f} points ({name(m)})" for m, c in changes.items()) + ". ")
+    rising = [name(m) for m, c in changes.items() if c > tolerance]
+    if rising:
+        return text + f"{', '.join(rising)} still gain more than {tolerance * 100:.0f} points: not converged."
+    return text + f"Every curve has flattened (no gain above {tolerance * 100:.0f} points)."
+
+
+def k_over_d(layers) -> float:
+    """The largest K/d over a run's distilled layers (``metrics.json``'s ``layers``:
+    student and teacher channel counts per pair), NaN when there are none."""
+    ratios = [s["student_shape"][0] / s["teacher_shape"][0] for s in layers or []
+              if s.get("student_shape") and s.get("teacher_shape")]
+    return max(ratios) if ratios else math.nan
