@@ -66,8 +66,24 @@ def main(argv=None) -> int:
         print(f"executing {src.relative_to(ROOT)} (preset={args.preset}) ...", flush=True)
         papermill.execute_notebook(str(src), str(dst), parameters={"preset": args.preset},
                                    cwd=str(src.parent), kernel_name="python3", progress_bar=False)
+        hide_injected_parameters(dst)
         print(f"  done in {time.time() - start:.0f} s -> {dst.relative_to(ROOT)}", flush=True)
     return 0
+
+
+def hide_injected_parameters(path: Path) -> None:
+    """Tag papermill's injected-parameters cell ``remove-cell``: readers of the book
+    see the chapter's own parameters cell and its rerun command, not plumbing."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    tmp = path.with_name(f".{path.name}.tmp")
+    nbformat.write(nb, tmp)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
