@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .config import METHODS, WORLDS, RunConfig, make_config
 from .errors import ReproError
+from . import io, procs
 from .io import cache_dir, read_json, write_json, write_text
 
 if TYPE_CHECKING:  # pandas is imported lazily: `reprolib --help` stays fast
@@ -235,19 +236,10 @@ def check_run(run_dir: str | os.PathLike, key: str | None = None) -> str | None:
         return "metrics.json is truncated"
     except OSError as exc:
         return f"metrics.json cannot be read ({exc.strerror})"
-    if not isinstance(metrics, dict):
-        return "metrics.json is not a JSON object"
-    missing = [k for k in REQUIRED_METRICS if k not in metrics]
-    if missing:
-        return f"metrics.json lacks {', '.join(missing)}"
-    if metrics["config_key"] != key:
+    if isinstance(metrics, dict) and metrics.get("config_key", key) != key:
         return f"metrics.json names config key {metrics['config_key']!r}, not {key!r}"
-    student = run_dir / "student.pt"
-    if not student.exists():
-        return "student.pt is missing"
-    if student.stat().st_size == 0:
-        return "student.pt is empty"
-    return None
+    # Every key with its type; student.pt matches its sha256 or loads (harden).
+    return io.check_run_files(run_dir, metrics, REQUIRED_METRICS)
 
 
 def _clear(run_dir: Path) -> None:
@@ -395,7 +387,8 @@ def _run_serial(jobs, device, threads, run_fn, workers, bar) -> list[dict]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=procs.worker_init,
+                               initargs=(os.getpid(), str(Path(jobs[0][1]).parent.parent)))
     try:
         futures = {pool.submit(_execute, cfg_dict, run_dir, device, threads, run_fn): run_dir
                    for cfg_dict, run_dir in jobs}
@@ -432,14 +425,13 @@ def _ray_session(workers: int, address: str | None, device: str, attempts: int =
                 num_gpus = torch.cuda.device_count()
             # A private, in-process local instance (Ray 2.60 turns token
             # authentication on for it); never a head node for others to join.
-            kwargs.update(address="local", num_cpus=workers, num_gpus=num_gpus,
-                          include_dashboard=False)
+            kwargs.update(procs.ray_local_kwargs(workers, num_gpus))   # loopback only
         for attempt in range(1, attempts + 1):
             try:
                 if address:
                     ray.init(**kwargs)
                 else:
-                    with _driver_import_path():
+                    with _driver_import_path(), procs.env(procs.ray_local_env()):
                         ray.init(**kwargs)
                 break
             except Exception as exc:
@@ -497,9 +489,13 @@ def _run_ray(jobs, device, threads, run_fn, workers, bar, address) -> list[dict]
             # Share the GPUs among the concurrent runs.
             options["num_gpus"] = min(1.0, gpus / workers)
 
+        driver = os.getpid()
+
         @ray.remote(num_cpus=1)
         def ray_task(cfg_dict, run_dir, device, threads, run_fn):
-            return _execute(cfg_dict, run_dir, device, threads, run_fn)
+            procs.die_with_parent(driver)   # a killed driver ends its tasks
+            with procs.holding_folder(Path(run_dir).parent.parent):
+                return _execute(cfg_dict, run_dir, device, threads, run_fn)
 
         task = ray_task.options(**options) if options else ray_task
         fn_ref = ray.put(run_fn)
@@ -519,22 +515,8 @@ def _run_ray(jobs, device, threads, run_fn, workers, bar, address) -> list[dict]
         return statuses
 
 
-@contextlib.contextmanager
-def _sweep_lock(out_dir: Path):
-    """One sweep per folder at a time. The kernel drops the lock if we are killed."""
-    import fcntl
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(out_dir / ".sweep.lock", "a+")
-    try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ReproError(f"another sweep is writing to {out_dir}; wait for it to "
-                             "finish or choose another --out folder") from None
-        yield
-    finally:
-        fh.close()
+# One sweep per folder, no process of an earlier one alive, stale temp files removed.
+_sweep_lock = procs.sweep_lock
 
 
 # ---------------------------------------------------------------------------
@@ -542,7 +524,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
               world: str = "mini", backend: str = "serial", workers: int = 1,
               device: str = "cpu", run_fn: RunFn | None = None, progress: bool = True,
               threads: int | None = None, ray_address: str | None = None,
-              limit: int | None = None) -> "pd.DataFrame":
+              limit: int | None = None, allow_mixed: bool = False) -> "pd.DataFrame":
     """Run every unfinished cell of a grid into ``out_dir``; return results.csv's table.
 
     ``run_fn`` (default :func:`reprolib.train.train_run`) is called as
@@ -550,6 +532,8 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
     write ``student.pt`` and then, last, ``metrics.json``. It must be picklable
     (a module-level function) for ``workers > 1`` or the Ray backend.
     ``limit`` keeps only the first N cells (benchmarks, trials).
+    Finished runs computed with another thread count or device are not mixed
+    with new ones unless ``allow_mixed`` (:func:`reprolib.io.check_numerics`).
     Failed runs are reported after the others finish, with a :class:`ReproError`;
     rerunning the same command retries only them.
     """
@@ -572,13 +556,18 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
     grid_cells = len(cells)
     if limit is not None:
         cells = cells[:limit]
+    io.check_output_dir(out_dir)
     with _sweep_lock(out_dir):
         plan = plan_sweep(cells, out_dir)
         _log(plan.describe(out_dir, grid, world, grid_cells))
+        if plan.todo:
+            io.check_numerics([run_dir_for(out_dir, c) for c in plan.reused], threads, device,
+                              allow_mixed)
         write_json(out_dir / "sweep.json", {
             "grid": dataclasses.asdict(grid), "world": world, "limit": limit,
             "keys": [c.key() for c in cells], "backend": backend, "workers": workers,
             "threads_per_run": threads, "device": device,
+            "numerics": io.numerics(threads, device),
         })
         jobs = []
         for cfg in plan.todo:
@@ -653,9 +642,9 @@ def write_results(results: "pd.DataFrame", out_dir: str | os.PathLike) -> None:
     import pandas as pd
 
     out_dir = Path(out_dir)
-    write_text(out_dir / "results.csv", results.to_csv(index=False))
     summary = pd.concat([select_lambda(results, s) for s in SELECTIONS], ignore_index=True)
-    write_text(out_dir / "summary.csv", summary.to_csv(index=False))
+    io.write_texts({out_dir / "results.csv": results.to_csv(index=False),   # both or neither
+                    out_dir / "summary.csv": summary.to_csv(index=False)})
 
 
 def load_results(out_dir: str | os.PathLike) -> "pd.DataFrame":
@@ -770,6 +759,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="only the first N cells of the grid")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="reuse finished runs made with another --threads/--device (numbers differ)")
 
 
 def _cli_sweep(args: argparse.Namespace) -> int:
@@ -777,11 +768,11 @@ def _cli_sweep(args: argparse.Namespace) -> int:
     results = run_sweep(args.preset, out, world=args.world, backend=args.backend,
                         workers=cpu_count() if args.workers is None else args.workers, device=args.device,
                         run_fn=getattr(args, "run_fn", None), progress=not args.no_progress,
-                        threads=args.threads, ray_address=args.ray_address, limit=args.limit)
+                        threads=args.threads, ray_address=args.ray_address, limit=args.limit,
+                        allow_mixed=args.allow_mixed)
     report = dict(results.attrs.get("sweep", {}))
     report.update(results=str(Path(out) / "results.csv"), summary=str(Path(out) / "summary.csv"))
-    json.dump(report, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
+    io.print_json(report)
     return 0
 
 
