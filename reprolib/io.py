@@ -204,6 +204,26 @@ def torch_load(path: str | os.PathLike, what: str = "checkpoint", map_location: 
         raise ReproError(f"{what} {path} cannot be loaded: {why}") from None
 
 
+def load_state_dict_file(path: str | os.PathLike, what: str, required: tuple[str, ...] = ()) -> dict:
+    """A checkpoint that must be a dict (a state dict, or a dict holding
+    ``required`` keys), loaded with ``weights_only=True``."""
+    obj = torch_load(path, what)
+    if not isinstance(obj, dict):
+        raise ReproError(f"{what} {path} holds a {type(obj).__name__}, not a dict of tensors; "
+                         "save a state dict (torch.save(model.state_dict(), path))")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise ReproError(f"{what} {path} lacks {', '.join(missing)}: it is not a reprolib checkpoint; "
+                         "rerun the run that made it")
+    return obj
+
+
+def check_threads(threads: Any, what: str = "threads") -> None:
+    """``None`` (torch's default) or a positive integer."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ReproError(f"{what}={threads!r} must be a positive integer (or left out)")
+
+
 def verify_checkpoint(path: str | os.PathLike, sha256: str | None = None) -> str | None:
     """``None`` if ``path`` is a complete checkpoint, else why not (a short phrase).
 

@@ -36,6 +36,7 @@ from .config import RunConfig
 from .data import World, build_world
 from .errors import ReproError
 from .hooks import FeatureCapture, feature_shapes
+from . import io
 from .io import cache_dir, torch_save, write_json
 from .models import FrozenTeacher, build_student
 from .teacher import build_teacher
@@ -253,9 +254,10 @@ def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, device: str = "cpu"
     from tqdm import tqdm
 
     start = time.time()
+    io.check_threads(threads)
+    out_dir = io.check_output_dir(out_dir)   # before any work (harden)
     if threads:
         torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
     run = Distiller(cfg, device, progress, world)
     world, student, dev = run.world, run.student, run.dev
     teacher_metrics = teacher_test_metrics(run.teacher, world, cfg, dev)
@@ -315,8 +317,8 @@ def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, device: str = "cpu"
         "code_version": CODE_VERSION,
         "torch": torch.__version__,
     }
-    torch_save({"student": student.state_dict(), "method": run.method.state_dict(),
-                "config": cfg.to_dict(), "config_key": cfg.key()}, out_dir / "student.pt")
+    metrics["student_sha256"] = torch_save({"student": student.state_dict(), "method": run.method.state_dict(),
+                                            "config": cfg.to_dict(), "config_key": cfg.key()}, out_dir / "student.pt")
     write_json(out_dir / "metrics.json", metrics)   # last: marks the run complete
     return metrics
 
@@ -375,9 +377,12 @@ def load_student(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[torch
     ckpt = run_dir / "student.pt"
     if not ckpt.is_file():
         raise ReproError(f"{run_dir} has no student.pt: the run did not finish; rerun it")
-    saved = torch.load(ckpt, map_location=device, weights_only=False)
+    saved = io.load_state_dict_file(ckpt, "student checkpoint", ("student", "config"))   # weights_only
     cfg = RunConfig.from_dict(saved["config"])
     k = len(cfg.data.subtask_classes)
     student = build_student(cfg.student, k)
-    student.load_state_dict(saved["student"])
+    try:
+        student.load_state_dict(saved["student"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ReproError(f"{ckpt} does not hold a {cfg.student} student: {str(exc).splitlines()[0]}") from None
     return student.to(device).eval(), cfg
