@@ -324,6 +324,47 @@ def check_numerics(run_dirs, threads: int | None, device: str, allow_mixed: bool
         "--device, or pass --allow-mixed to mix them knowingly")
 
 
+RESULTS_COLUMNS_NEEDED = ("method", "rho", "seed", "lambda_layer", "val_accuracy", "test_accuracy",
+                          "run_dir")
+
+
+def check_results_table(loader, sweep_dir: str | os.PathLike):
+    """``loader(sweep_dir)`` (a sweep's results.csv as a DataFrame), or a
+    :class:`ReproError` naming the file when it is empty, unparsable or not a
+    reprolib results table."""
+    path = Path(sweep_dir) / "results.csv"
+    try:
+        table = loader(sweep_dir)
+    except ReproError:
+        raise
+    except (ValueError, UnicodeDecodeError, OSError) as exc:   # pandas' EmptyDataError, ParserError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ReproError(f"{path} is not a readable results table ({first}); rerun "
+                         f"`python -m reprolib sweep --out {sweep_dir}` to rewrite it") from None
+    missing = [c for c in RESULTS_COLUMNS_NEEDED if c not in table.columns]
+    if missing:
+        raise ReproError(f"{path} is not a reprolib results table (no column(s) {missing}); rerun "
+                         f"`python -m reprolib sweep --out {sweep_dir}` to rewrite it")
+    if table.empty:
+        raise ReproError(f"{path} lists no finished run; run the sweep first")
+    return table
+
+
+def check_run_folders(run_dirs, sweep_dir: str | os.PathLike) -> None:
+    """Every folder holds a finished run (``sweep.check_run``), else a
+    :class:`ReproError` that names the folder and the problem."""
+    from .sweep import check_run
+
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        why = check_run(run_dir, run_dir.name)
+        if why is not None:
+            raise ReproError(f"run {run_dir} is not a finished run: {why}; rerun "
+                             f"`python -m reprolib sweep --out {sweep_dir}` to redo it")
+        # Loaded once here (weights_only), so that a bad checkpoint stops us before any work.
+        load_state_dict_file(run_dir / "student.pt", "student checkpoint", ("student", "config"))
+
+
 def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     """Fail early: ``path`` must be a writable folder or creatable as one.
 
