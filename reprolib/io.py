@@ -196,11 +196,16 @@ def torch_load(path: str | os.PathLike, what: str = "checkpoint", map_location: 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure is the file's fault
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            why = "it holds pickled Python objects (code), which are never loaded; save a state dict"
+        text = str(exc)
+        first = (text.strip().splitlines() or [type(exc).__name__])[0]
+        if "Unsupported global" in text:
+            why = ("it holds pickled Python objects (code), which are never loaded; "
+                   "save a state dict (torch.save(model.state_dict(), path))")
+        elif "Weights only load failed" in text or "WeightsUnpickler" in text:
+            why = ("it is not a weights-only torch file (a raw pickle or another format); pickled "
+                   "Python objects are never loaded: save a state dict with torch.save")
         else:
-            why = f"it is not a readable torch file ({first[:200]})"
+            why = f"it is truncated or not a torch file ({first[:160]})"
         raise ReproError(f"{what} {path} cannot be loaded: {why}") from None
 
 

@@ -544,8 +544,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
         raise ReproError(f"unknown backend {backend!r}; choose serial or ray")
     if not isinstance(workers, int) or workers < 1:
         raise ReproError(f"workers={workers!r} must be a positive integer")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ReproError(f"threads={threads!r} must be a positive integer")
+    io.check_threads(threads)   # None or a positive integer (not a bool)
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ReproError(f"limit={limit!r} must be a positive integer")
     device = resolve_device(device)
