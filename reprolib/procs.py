@@ -227,9 +227,31 @@ def ray_local_kwargs(workers: int, num_gpus: int = 0) -> dict[str, Any]:
 
 def ray_local_env() -> dict[str, str]:
     """Environment for the local Ray processes: bind to loopback only."""
-    return {"RAY_NODE_IP_ADDRESS": "127.0.0.1", "RAY_BIND_ADDRESS": "127.0.0.1",
+    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",   # Ray: node IP = loopback (any OS)
+            "RAY_NODE_IP_ADDRESS": "127.0.0.1", "RAY_BIND_ADDRESS": "127.0.0.1",
             "RAY_DASHBOARD_AGENT_LISTEN_HOST": "127.0.0.1",
             "RAY_ENABLE_RECORD_ACTOR_TASK_LOGGING": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@contextlib.contextmanager
+def ray_loopback():
+    """Around ``ray.init`` of a private local instance: every Ray process binds to
+    127.0.0.1. Ray replaces a loopback node IP by the machine's address unless
+    its "cluster" mode is off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read by
+    the processes it starts and, at import, by the driver: patched here)."""
+    try:
+        import ray._private.ray_constants as ray_constants
+    except ImportError:  # pragma: no cover - another Ray layout: the env still applies
+        ray_constants = None
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    with env(ray_local_env()):
+        if ray_constants is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        try:
+            yield
+        finally:
+            if ray_constants is not None:
+                ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 @contextlib.contextmanager

@@ -431,7 +431,7 @@ def _ray_session(workers: int, address: str | None, device: str, attempts: int =
                 if address:
                     ray.init(**kwargs)
                 else:
-                    with _driver_import_path(), procs.env(procs.ray_local_env()):
+                    with _driver_import_path(), procs.ray_loopback():
                         ray.init(**kwargs)
                 break
             except Exception as exc:
