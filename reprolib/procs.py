@@ -215,12 +215,16 @@ def ray_local_kwargs(workers: int, num_gpus: int = 0) -> dict[str, Any]:
     from .io import cache_root
 
     base = cache_root() / "ray"
-    # Ray puts Unix sockets in its session folder: their paths must stay short.
-    if len(str(base)) > 40:
+    # Ray puts Unix sockets (at most 107 bytes) in its session folder, whose name
+    # adds about 70: a long cache path falls back to a short private folder.
+    if len(str(base)) > 36:
         base = Path(tempfile.gettempdir()) / f"reprolib-ray-{os.getuid()}"
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with contextlib.suppress(OSError):
-        os.chmod(base, 0o700)
+    st = base.lstat()
+    if base.is_symlink() or st.st_uid != os.getuid():
+        raise ReproError(f"{base} (Ray's session folder) is not a folder of yours; remove it or "
+                         "set REPROLIB_CACHE to a short path of yours")
+    os.chmod(base, 0o700)
     return dict(address="local", num_cpus=workers, num_gpus=num_gpus, include_dashboard=False,
                 _node_ip_address="127.0.0.1", _temp_dir=str(base))
 

@@ -444,7 +444,8 @@ def _ray_session(workers: int, address: str | None, device: str, attempts: int =
                     where = f"the cluster at {address}" if address else "a local Ray instance"
                     raise ReproError(
                         f"could not start {where} after {attempt} attempt(s): {exc}; "
-                        "see the raylet log under /tmp/ray/session_latest/logs, or use "
+                        f"see the raylet log under {kwargs.get('_temp_dir', '/tmp/ray')}"
+                        "/session_latest/logs, or use "
                         "--backend serial") from exc
                 print(f"Ray did not start ({type(exc).__name__}); trying again "
                       f"({attempt + 1}/{attempts})", file=sys.stderr, flush=True)
