@@ -248,7 +248,8 @@ def ray_loopback():
     except ImportError:  # pragma: no cover - another Ray layout: the env still applies
         ray_constants = None
     before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
-    with env(ray_local_env()):
+    token = _ray_reaper()   # every process Ray starts inherits the token and is reaped with us
+    with env(dict(ray_local_env(), **{RAY_TOKEN_VAR: token})):
         if ray_constants is not None:
             ray_constants.ENABLE_RAY_CLUSTER = False
         try:
@@ -256,6 +257,117 @@ def ray_loopback():
         finally:
             if ray_constants is not None:
                 ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+RAY_TOKEN_VAR = "REPROLIB_RAY_TOKEN"
+_reaper: dict[str, Any] = {}
+
+# The reaper: a process of its own session that outlives a killed driver. It
+# records the driver's descendants (Ray's agents are reparented when the raylet
+# dies, so it remembers them) and, once the driver is gone, ends them.
+_REAPER = r"""
+import os, signal, sys, time
+driver, started, token = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+mark = ("%s=%s" % ("REPROLIB_RAY_TOKEN", token)).encode()
+known = {}   # pid -> start time: every descendant of the driver seen so far
+before = set()   # descendants that existed when we started: never ours to end
+
+def stat(pid):
+    try:
+        text = open("/proc/%s/stat" % pid).read()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[1]), fields[19]
+
+def survey():
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            st = stat(name)
+            if st:
+                table[int(name)] = st
+    frontier, seen = [driver], set()
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, start) in table.items():
+            if ppid == parent and pid not in seen:
+                seen.add(pid)
+                if (pid, start) not in before:
+                    known[pid] = start
+                frontier.append(pid)
+    return table, seen
+
+def reap():
+    for _ in range(3):
+        table, tree = survey()
+        for pid, start in list(known.items()):
+            # Only orphans: a process still under a live driver is not Ray's leftover.
+            if pid in table and table[pid][1] == start and pid not in tree:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        for pid in table:   # and whatever still carries our token in its environment
+            try:
+                with open("/proc/%d/environ" % pid, "rb") as fh:
+                    if mark in fh.read().split(b"\0"):
+                        os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.5)
+
+table, tree = survey()
+before = {(pid, table[pid][1]) for pid in tree}
+known.clear()
+signal.signal(signal.SIGUSR1, lambda *a: (reap(), os._exit(0)))
+signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+while True:
+    st = stat(driver)
+    if st is None or st[1] != started:
+        break
+    survey()
+    time.sleep(0.5)
+reap()
+"""
+
+
+def _ray_reaper() -> str:
+    """Start (once per driver) the reaper of the local Ray instance's processes;
+    return the token they inherit. Linux only (reads /proc); elsewhere a token
+    without a reaper."""
+    import subprocess
+    import uuid
+
+    proc = _reaper.get("proc")
+    if proc is not None and proc.poll() is None:
+        return _reaper["token"]
+    token = uuid.uuid4().hex
+    _reaper["token"] = token
+    if sys.platform.startswith("linux") and start_time(os.getpid()):
+        _reaper["proc"] = subprocess.Popen(
+            [sys.executable, "-c", _REAPER, str(os.getpid()), start_time(os.getpid()), token],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True)
+    return token
+
+
+def ray_cleanup() -> None:
+    """After ``ray.shutdown()`` of a local instance: end any Ray process it left
+    (the agents sometimes outlive it), then the reaper."""
+    import signal
+
+    proc = _reaper.pop("proc", None)
+    _reaper.pop("token", None)
+    if proc is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGUSR1)   # reap now, then exit
+    try:
+        proc.wait(timeout=10)
+    except Exception:  # noqa: BLE001 - never block the sweep's exit on it
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
 
 
 @contextlib.contextmanager

@@ -455,6 +455,7 @@ def _ray_session(workers: int, address: str | None, device: str, attempts: int =
     finally:
         if started:
             ray.shutdown()
+            procs.ray_cleanup()   # no Ray process of ours outlives the sweep (harden)
 
 
 @contextlib.contextmanager

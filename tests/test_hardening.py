@@ -9,6 +9,7 @@ unreadable by collaborators. The bad-input table is ``tests/test_bad_inputs.py``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -376,6 +377,47 @@ def test_ray_sweep_listens_on_loopback_only(tmp_path, monkeypatch):
         shutil.rmtree(cache, ignore_errors=True)
     assert seen, "no Ray listener was seen"
     assert {ip.replace("::ffff:", "") for ip in seen} == {"127.0.0.1"}, set(seen)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_of_a_ray_sweep_leaves_no_ray_process(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("ray")
+    import shutil
+
+    out, log = tmp_path / "sw", tmp_path / "started.log"
+    cache = Path("/tmp") / f"rk-{os.getpid()}"            # short: Ray's socket paths
+    code = textwrap.dedent(f"""
+        import sys
+        from _fake_runner import fake_train_run
+        from reprolib.sweep import main
+        sys.exit(main(["sweep", "--preset", "smoke", "--out", {str(out)!r}, "--device", "cpu",
+                       "--backend", "ray", "--workers", "1", "--threads", "1", "--no-progress"],
+                      run_fn=fake_train_run))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
+                            env=_env(FAKE_RUNNER_LOG=log, FAKE_RUNNER_SLEEP=60, REPROLIB_CACHE=cache),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (log.exists() and log.read_text().strip()):
+            time.sleep(0.2)
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert any("raylet" in p.name() for p in family)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.time() + 5
+        alive = family
+        while time.time() < deadline and alive:
+            alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            time.sleep(0.2)
+        assert alive == [], f"Ray processes outlived the driver: {[(p.pid, p.name()) for p in alive]}"
+    finally:
+        for p in psutil.Process().children(recursive=True):
+            with contextlib.suppress(Exception):
+                p.kill()
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------
