@@ -17,6 +17,13 @@ folder. Two guarantees keep a folder consistent after ``kill -9``:
   fails, and the error names the live processes (a pid is live only if its
   start time matches, so a reused pid never blocks). The kernel drops a dead
   process's lock, so no stale lock survives a crash.
+* **A local Ray instance ends with its driver.** :func:`ray_loopback` (around
+  ``ray.init``) binds every Ray process to 127.0.0.1 and starts a reaper: a
+  small process in its own session that records the driver's new descendants
+  and, when the driver dies (or :func:`ray_cleanup` asks after
+  ``ray.shutdown()``), kills those left orphaned (Ray's agents outlive their
+  raylet otherwise). :func:`ray_local_kwargs` keeps the session folder under
+  the project cache, private to the user.
 """
 
 from __future__ import annotations
