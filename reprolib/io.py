@@ -175,13 +175,21 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def torch_save(obj: Any, path: str | os.PathLike) -> str:
     """``torch.save`` atomically; return the file's sha256 (record it in the
-    run's metrics.json as ``student_sha256``: :func:`verify_checkpoint`)."""
+    run's metrics.json as ``student_sha256``: :func:`verify_checkpoint`).
+
+    Serialised in memory first: a file target would put the temporary file's
+    random name into the archive, so equal tensors would give unequal files.
+    """
+    import io as _io
+
     import torch
 
+    buf = _io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-        digest = sha256_file(tmp)
-    return digest
+        Path(tmp).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def torch_load(path: str | os.PathLike, what: str = "checkpoint", map_location: Any = "cpu") -> Any:

@@ -320,7 +320,7 @@ def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, device: str = "cpu"
     metrics["student_sha256"] = torch_save({"student": student.state_dict(), "method": run.method.state_dict(),
                                             "config": cfg.to_dict(), "config_key": cfg.key()}, out_dir / "student.pt")
     write_json(out_dir / "metrics.json", metrics)   # last: marks the run complete
-    return metrics
+    return io.strict(metrics)   # what metrics.json holds: NaN is null (harden)
 
 
 def _accuracy(model, world, split, device) -> float:
