@@ -388,7 +388,7 @@ def _run_serial(jobs, device, threads, run_fn, workers, bar) -> list[dict]:
 
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=procs.worker_init,
-                               initargs=(os.getpid(), str(Path(jobs[0][1]).parent.parent)))
+                               initargs=(os.getpid(), str(Path(jobs[0][1]).parent.parent) if jobs else None))
     try:
         futures = {pool.submit(_execute, cfg_dict, run_dir, device, threads, run_fn): run_dir
                    for cfg_dict, run_dir in jobs}

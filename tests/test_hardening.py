@@ -216,6 +216,13 @@ def test_kill_9_of_a_two_worker_sweep_leaves_no_process_and_no_temp_file(tmp_pat
     assert len(pd.read_csv(out / "results.csv")) == 4
 
 
+def test_a_finished_two_worker_sweep_resumes_with_nothing_to_do(tmp_path):
+    out = tmp_path / "sw"
+    first = run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=1, workers=2)
+    again = run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=1, workers=2)
+    assert again.attrs["sweep"]["reused"] == 4 and len(again) == len(first) == 4
+
+
 def test_a_sweep_refuses_to_start_while_a_worker_of_an_earlier_one_runs(tmp_path):
     out = tmp_path / "sw"
     out.mkdir()
