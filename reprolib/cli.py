@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 
 from .errors import ReproError
+from .io import check_output_dir, check_threads, print_json
 
 
 def _print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
+    # Strict JSON: NaN and infinities are printed as null (io.dumps).
+    print_json(obj)
 
 
 def _float_list(text: str) -> tuple[float, ...]:
@@ -65,7 +65,19 @@ def cmd_data_summary(args) -> int:
 
 
 def cmd_teacher(args) -> int:
+    if args.epochs is not None and args.epochs < 1:
+        raise ReproError(f"--epochs {args.epochs} must be a positive integer (the mini teacher's "
+                         "epochs; leave it out for the recipe's)")
+    if args.world == "mini" and args.teacher_weights is not None:
+        raise ReproError("--teacher-weights is for the paper world's pretrained teachers; the mini "
+                         "world's teacher is trained by reprolib: leave it out")
+    if args.world == "mini" and args.teacher not in (None, "mini-teacher"):
+        raise ReproError(f"--teacher {args.teacher} is for the paper world; the mini world's "
+                         "teacher is the mini teacher: leave --teacher out")
     if args.world != "mini":
+        if args.epochs is not None:
+            raise ReproError("--epochs is for the mini teacher; the paper world's teacher is "
+                             "pretrained: leave it out")
         from .teacher import build_teacher
 
         cfg = config_from_args(args)
@@ -77,7 +89,7 @@ def cmd_teacher(args) -> int:
     from .teacher import recipe, teacher_report
 
     tcfg = recipe(args.recipe)
-    if args.epochs:
+    if args.epochs is not None:
         tcfg = dataclasses.replace(tcfg, epochs=args.epochs)
     _print_json(teacher_report(tcfg, progress=not args.quiet))
     return 0
@@ -101,6 +113,8 @@ def cmd_train(args) -> int:
     from .train import train_run
 
     cfg = config_from_args(args, TRAIN_KEYS)
+    check_threads(args.threads, "--threads")
+    check_output_dir(args.out, "--out")        # before any work, not when saving
     metrics = train_run(cfg, args.out, device=args.device, progress=not args.quiet, threads=args.threads)
     shown = {k: v for k, v in metrics.items() if k not in ("curves", "config")}
     _print_json(shown)

@@ -44,7 +44,7 @@ from .data import World, build_world
 from .errors import ReproError
 from .grids import COHORT_FIELDS, cohort_key
 from .hooks import resolve_modules
-from .io import read_json, torch_save, write_json
+from .io import check_output_dir, check_threads, read_json, strict, torch_save, write_json
 from .models import build_student
 from .rundirs import check_run
 from .teacher import build_teacher
@@ -478,6 +478,9 @@ def train_cohort(cfgs: Sequence[RunConfig], out_dirs: Sequence[str | os.PathLike
     cfgs, out_dirs = list(cfgs), [Path(d) for d in out_dirs]
     if len(cfgs) != len(out_dirs):
         raise ReproError(f"{len(cfgs)} configs but {len(out_dirs)} output folders; give one each")
+    check_threads(threads)
+    for d in out_dirs:
+        check_output_dir(d)   # before any work, not when saving (harden)
     if threads:
         torch.set_num_threads(threads)
     results: list[dict | None] = [None] * len(cfgs)
@@ -609,7 +612,9 @@ def _write_member(cohort: Cohort, m: _Member, results: dict, teacher_metrics: di
     }
     if m.out_dir is not None:
         m.out_dir.mkdir(parents=True, exist_ok=True)
-        torch_save({"student": m.student.state_dict(), "method": m.method.state_dict(),
-                    "config": cfg.to_dict(), "config_key": cfg.key()}, m.out_dir / "student.pt")
+        metrics["student_sha256"] = torch_save(   # check_run verifies it (harden)
+            {"student": m.student.state_dict(), "method": m.method.state_dict(),
+             "config": cfg.to_dict(), "config_key": cfg.key()}, m.out_dir / "student.pt")
         write_json(m.out_dir / "metrics.json", metrics)   # last: marks the run complete
+        metrics = strict(metrics)   # as a resumed member reads it back: NaN is null (harden)
     return metrics

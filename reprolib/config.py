@@ -202,8 +202,73 @@ def make_config(world: str = "mini", preset: str = "quick", **overrides: Any) ->
 _NULLABLE = {"pool_per_class", "test_per_class", "teacher_weights"}
 
 
+# The type of every field (checked first, so that a string, a boolean or a float
+# where an integer belongs fails here with the field's name, not later in torch).
+_NUM, _INT, _STR, _BOOL = "a number", "an integer", "a string", "true or false"
+_DATA_TYPES = {
+    "world": _STR, "subtask_classes": "a list of integers", "pool_per_class": _INT + " or None",
+    "test_per_class": _INT + " or None", "train_fraction": _NUM, "val_fraction": _NUM,
+    "contamination_rate": _NUM, "val_digits": _STR, "artifact_size": _INT,
+    "artifact_corner": _STR, "artifact_source": _STR, "image_size": _INT, "augment": _BOOL,
+    "crop_scale": "a pair of numbers",
+}
+_RUN_TYPES = {
+    "preset": _STR, "method": _STR, "seed": _INT, "lambda_layer": _NUM, "lambda_task": _NUM,
+    "temperature": _NUM, "teacher": _STR, "student": _STR,
+    "layer_pairs": "a list of (teacher layer, student layer) name pairs", "epochs": _INT,
+    "lr": _NUM, "lr_step": _INT, "lr_gamma": _NUM, "weight_decay": _NUM, "batch_size": _INT,
+    "student_norm": _STR, "vid_variance": _STR, "subspace_positions": _INT,
+    "teacher_weights": _STR + " or None", "teacher_recipe": _STR,
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)   # ranges: validate()
+
+
+def _type_ok(v: Any, kind: str) -> bool:
+    if kind.endswith(" or None"):
+        return v is None or _type_ok(v, kind[:-len(" or None")])
+    if kind == _NUM:
+        return _is_num(v)
+    if kind == _INT:
+        return _is_int(v)
+    if kind == _STR:
+        return isinstance(v, str)
+    if kind == _BOOL:
+        return isinstance(v, bool)
+    if kind == "a list of integers":
+        return isinstance(v, (tuple, list)) and all(_is_int(c) for c in v)
+    if kind == "a pair of numbers":
+        return isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_num(c) for c in v)
+    if kind.startswith("a list of (teacher layer"):
+        return isinstance(v, (tuple, list)) and all(
+            isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(n, str) for n in pair)
+            for pair in v)
+    return True
+
+
+def check_types(cfg: RunConfig) -> None:
+    """Every field has its type: numbers are finite numbers (a boolean is not a
+    number), integers are integers, names are strings."""
+    for obj, table in ((cfg.data, _DATA_TYPES), (cfg, _RUN_TYPES)):
+        for name, kind in table.items():
+            if not hasattr(obj, name):
+                continue
+            v = getattr(obj, name)
+            if not _type_ok(v, kind):
+                raise ReproError(f"{name}={v!r} must be {kind}, not {type(v).__name__}")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Raise :class:`ReproError` naming the problem and the fix, else return ``cfg``."""
+    if not isinstance(cfg, RunConfig) or not isinstance(cfg.data, DataConfig):
+        raise ReproError(f"expected a RunConfig with a DataConfig, got {type(cfg).__name__}")
+    check_types(cfg)
     d = cfg.data
     if d.world not in WORLDS:
         raise ReproError(f"unknown world {d.world!r}; choose one of {list(WORLDS)}")
@@ -248,8 +313,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         v = getattr(cfg, name)
         if not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v) or v < 0:
             raise ReproError(f"{name}={v!r} must be a finite number >= 0")
-    if cfg.temperature <= 0:
-        raise ReproError(f"temperature={cfg.temperature} must be > 0")
+    if not 0 < cfg.temperature < math.inf:
+        raise ReproError(f"temperature={cfg.temperature} must be a finite number > 0")
     if cfg.student_norm not in STUDENT_NORMS:
         raise ReproError(f"student_norm={cfg.student_norm!r}; choose one of {list(STUDENT_NORMS)}")
     if cfg.vid_variance not in VID_VARIANCES:
@@ -258,8 +323,22 @@ def validate(cfg: RunConfig) -> RunConfig:
         v = getattr(cfg, name)
         if not isinstance(v, int) or v < 1:
             raise ReproError(f"{name}={v!r} must be a positive integer")
-    if cfg.lr <= 0:
-        raise ReproError(f"lr={cfg.lr} must be > 0")
+    if not 0 < cfg.lr < math.inf:
+        raise ReproError(f"lr={cfg.lr} must be > 0 (and finite)")
+    if not 0.0 < cfg.lr_gamma <= 1.0:
+        raise ReproError(f"lr_gamma={cfg.lr_gamma} must be in (0, 1]: the factor that lowers the "
+                         "learning rate every lr_step epochs")
+    if not 0 <= cfg.weight_decay < math.inf:
+        raise ReproError(f"weight_decay={cfg.weight_decay} must be a finite number >= 0")
+    if not 0 <= cfg.seed < 2**63:
+        raise ReproError(f"seed={cfg.seed} must be an integer in [0, 2**63)")
+    if d.image_size < 1:
+        raise ReproError(f"image_size={d.image_size} must be a positive number of pixels")
+    if d.artifact_source not in ("sklearn-digits", "mnist"):
+        raise ReproError(f"artifact_source={d.artifact_source!r}; choose 'sklearn-digits' or 'mnist'")
+    if d.world == "mini" and cfg.teacher_weights is not None:
+        raise ReproError("teacher_weights is for the paper world's pretrained teachers; the mini "
+                         "world's teacher is trained by reprolib: leave --teacher-weights out")
     if not cfg.layer_pairs and cfg.method != "kd":
         raise ReproError(f"method {cfg.method!r} needs at least one layer pair")
     if cfg.method == "kd" and cfg.lambda_layer != 0.0:

@@ -23,6 +23,7 @@ import gzip
 import math
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -54,21 +55,50 @@ SPLITS = ("train", "train_eval", "val", "val_correlated", "test")
 # idx files
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an idx file (optionally gzipped) into a numpy array."""
+    """Read an idx file (optionally gzipped) into a numpy array.
+
+    A malformed file (truncated or corrupt gzip, not gzip at all, a short or
+    wrong header, too few or too many bytes) is a :class:`ReproError` that
+    names the file and what is wrong with it.
+    """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    fix = "re-download it (or point REPROLIB_FASHION_MNIST / REPROLIB_MNIST at good files)"
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as fh:
+                raw = fh.read()
+        else:
+            raw = path.read_bytes()
+    except gzip.BadGzipFile:
+        raise ReproError(f"{path} is not a gzip file although its name ends in .gz; {fix}") from None
+    except (EOFError, zlib.error):
+        raise ReproError(f"{path} is a truncated or corrupt gzip file; {fix}") from None
+    except OSError as exc:
+        raise ReproError(f"{path} cannot be read ({exc.strerror or exc}); {fix}") from None
     if len(raw) < 4:
-        raise ReproError(f"{path} is not an idx file (too short); re-download it")
+        raise ReproError(f"{path} is not an idx file (too short: {len(raw)} bytes, no header); {fix}")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ReproError(f"{path} is not an unsigned-byte idx file")
+    if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4:
+        raise ReproError(f"{path} is not an unsigned-byte idx file (bad magic number); {fix}")
+    if len(raw) < 4 + 4 * ndim:
+        raise ReproError(f"{path} has a short header ({len(raw)} bytes, {4 + 4 * ndim} needed); {fix}")
     dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise ReproError(f"{path} is truncated ({data.size} of {int(np.prod(dims))} bytes); re-download it")
+    expected = int(np.prod(dims, dtype=np.int64))
+    if data.size != expected:
+        what = "truncated" if data.size < expected else "longer than its header says"
+        raise ReproError(f"{path} is {what} ({data.size} of {expected} bytes of data); {fix}")
     return data.reshape(dims)
+
+
+def files_identity(files) -> list[str]:
+    """What identifies source files for a decoded cache: resolved path, size and
+    modification time (ns). A cache records it and is rebuilt when it changes."""
+    out = []
+    for f in files:
+        st = Path(f).stat()
+        out.append(f"{Path(f).resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    return out
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
@@ -120,22 +150,38 @@ def fashion_mnist_folder(download: bool = True) -> Path:
         f"{cache_dir('data')}.")
 
 
+ARRAY_KEYS = ("train_x", "train_y", "test_x", "test_y")
+
+
 def load_fashion_mnist() -> dict[str, torch.Tensor]:
-    """All of Fashion-MNIST as uint8 tensors, decoded once and cached atomically."""
+    """All of Fashion-MNIST as uint8 tensors, decoded once and cached atomically.
+
+    The cache records its source files' identity (:func:`files_identity`): a
+    changed or different source folder rebuilds it (and a bad one is an error).
+    """
+    folder = fashion_mnist_folder()
+    files = [_find_idx(folder, stem) for stem in FASHION_FILES]
+    ident = files_identity(files)
     cache = cache_dir("data") / "fashion_mnist_uint8.pt"
     if cache.is_file():
         try:
-            return torch.load(cache, weights_only=True)
+            saved = torch.load(cache, weights_only=True)
+            if saved.get("ident") == ident:
+                return {k: saved[k] for k in ARRAY_KEYS}
         except Exception:  # noqa: BLE001 - a corrupt cache is rebuilt
-            cache.unlink(missing_ok=True)
-    folder = fashion_mnist_folder()
+            pass
     arrays = {}
-    for key, stem in zip(("train_x", "train_y", "test_x", "test_y"), FASHION_FILES):
-        arrays[key] = torch.from_numpy(read_idx(_find_idx(folder, stem)).copy())
+    for key, path in zip(ARRAY_KEYS, files):
+        arrays[key] = torch.from_numpy(read_idx(path).copy())
     if arrays["train_x"].shape != (60000, 28, 28) or arrays["test_x"].shape != (10000, 28, 28):
-        raise ReproError(f"the Fashion-MNIST files in {folder} have unexpected shapes; re-download them")
+        raise ReproError(f"the Fashion-MNIST files in {folder} have unexpected shapes "
+                         f"({tuple(arrays['train_x'].shape)}, {tuple(arrays['test_x'].shape)}); "
+                         "re-download them")
+    if len(arrays["train_y"]) != 60000 or len(arrays["test_y"]) != 10000:
+        raise ReproError(f"the Fashion-MNIST label files in {folder} do not match the images; "
+                         "re-download them")
     with atomic_path(cache) as tmp:
-        torch.save(arrays, tmp)
+        torch.save(dict(arrays, ident=ident), tmp)
     return arrays
 
 
@@ -164,14 +210,17 @@ def mnist_bank(size: int, root: str | os.PathLike | None = None) -> art.Artifact
     ident = [str(folder.resolve()), CODE_VERSION] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
     cache = cache_dir("data") / f"mnist_bank_{size}.pt"
     if cache.is_file():
-        saved = torch.load(cache, weights_only=False)
-        if saved.get("ident") == ident:
-            return art.ArtifactBank(saved["images"], saved["labels"], "mnist")
+        try:
+            saved = torch.load(cache, weights_only=True)   # never code from a cache file
+        except Exception:  # noqa: BLE001 - a corrupt or foreign cache is rebuilt
+            saved = {}
+        if isinstance(saved, dict) and saved.get("ident") == ident:
+            return art.ArtifactBank(saved["images"], np.asarray(saved["labels"]), "mnist")
     images = read_idx(files[0]).astype(np.float32) / 255.0
     labels = read_idx(files[1]).astype(np.int64)
     bank = art.ArtifactBank(art.resize_bank(images, size), labels, "mnist")
     with atomic_path(cache) as tmp:
-        torch.save({"images": bank.images, "labels": labels, "ident": ident}, tmp)
+        torch.save({"images": bank.images, "labels": torch.from_numpy(labels), "ident": ident}, tmp)
     return bank
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from .config import RunConfig
 from .errors import ReproError
+from . import procs
 from .io import write_json
 
 RunFn = Callable[..., dict]
@@ -120,7 +121,8 @@ def run_serial(tasks: list[Task], device, threads, run_fn, workers, bar, **opts)
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=procs.worker_init,
+                               initargs=(os.getpid(), str(Path(tasks[0][0][1]).parent.parent) if tasks else None))
     try:
         futures = {pool.submit(execute_task, task, device, threads, run_fn, **opts): i
                    for i, task in enumerate(tasks)}
@@ -157,14 +159,13 @@ def _ray_session(workers: int, address: str | None, device: str, attempts: int =
                 num_gpus = torch.cuda.device_count()
             # A private, in-process local instance (Ray 2.60 turns token
             # authentication on for it); never a head node for others to join.
-            kwargs.update(address="local", num_cpus=workers, num_gpus=num_gpus,
-                          include_dashboard=False)
+            kwargs.update(procs.ray_local_kwargs(workers, num_gpus))   # loopback only
         for attempt in range(1, attempts + 1):
             try:
                 if address:
                     ray.init(**kwargs)
                 else:
-                    with _driver_import_path():
+                    with _driver_import_path(), procs.ray_loopback():
                         ray.init(**kwargs)
                 break
             except Exception as exc:
@@ -177,7 +178,8 @@ def _ray_session(workers: int, address: str | None, device: str, attempts: int =
                     where = f"the cluster at {address}" if address else "a local Ray instance"
                     raise ReproError(
                         f"could not start {where} after {attempt} attempt(s): {exc}; "
-                        "see the raylet log under /tmp/ray/session_latest/logs, or use "
+                        f"see the raylet log under {kwargs.get('_temp_dir', '/tmp/ray')}"
+                        "/session_latest/logs, or use "
                         "--backend serial") from exc
                 print(f"Ray did not start ({type(exc).__name__}); trying again "
                       f"({attempt + 1}/{attempts})", file=sys.stderr, flush=True)
@@ -187,6 +189,7 @@ def _ray_session(workers: int, address: str | None, device: str, attempts: int =
     finally:
         if started:
             ray.shutdown()
+            procs.ray_cleanup()   # no Ray process of ours outlives the sweep (harden)
 
 
 @contextlib.contextmanager
@@ -224,9 +227,13 @@ def run_ray(tasks: list[Task], device, threads, run_fn, workers, bar, address, *
             # Share the GPUs among the concurrent tasks (a cohort's students fit together).
             options["num_gpus"] = min(1.0, gpus / workers)
 
+        driver = os.getpid()
+
         @ray.remote(num_cpus=1)
         def ray_task(task, device, threads, run_fn, opts):
-            return execute_task(task, device, threads, run_fn, **opts)
+            procs.die_with_parent(driver)   # a killed driver ends its tasks
+            with procs.holding_folder(Path(task[0][1]).parent.parent):
+                return execute_task(task, device, threads, run_fn, **opts)
 
         remote = ray_task.options(**options) if options else ray_task
         fn_ref = ray.put(run_fn)

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from .errors import ReproError
-from .io import atomic_path, read_json, write_json, write_text
+from .io import atomic_path, check_output_dir, check_results_table, check_run_folders, read_json, \
+    write_json, write_text
 
 ANALYSIS_RHOS = (0.0, 0.5, 1.0)
 
@@ -46,7 +47,7 @@ def sweep_results(sweep_dir: str | Path, grid: str | None = None, world: str = "
     from .results import collect_results, load_results
 
     if grid is None:
-        return load_results(sweep_dir)
+        return check_results_table(load_results, sweep_dir)
     results = collect_results(expand_grid(grid, world), sweep_dir)
     if results.empty:
         raise ReproError(f"the sweep in {sweep_dir} has no finished run of the {grid!r} grid; "
@@ -64,7 +65,7 @@ def selected_runs(sweep_dir: str | Path, selection: str = "oracle", rhos=ANALYSI
 
     sweep_dir = Path(sweep_dir)
     results = sweep_results(sweep_dir, grid, world)
-    if results["pool_per_class"].nunique(dropna=False) > 1:
+    if "pool_per_class" in results.columns and results["pool_per_class"].nunique(dropna=False) > 1:
         # A calibration sweep: analyse its most common pool size only.
         pool = results["pool_per_class"].mode().iloc[0]
         results = results[results["pool_per_class"] == pool]
@@ -81,6 +82,7 @@ def selected_runs(sweep_dir: str | Path, selection: str = "oracle", rhos=ANALYSI
                          "lambda_layer": r["lambda_layer"], "run_dir": str(sweep_dir / r["run_dir"])})
     if not rows:
         raise ReproError(f"the sweep in {sweep_dir} has no finished runs at rho in {list(rhos)}")
+    check_run_folders([r["run_dir"] for r in rows], sweep_dir)   # harden: before any work
     return pd.DataFrame(rows)
 
 
@@ -118,6 +120,7 @@ def explain_sweep(sweep_dir: str | Path, out_dir: str | Path, *, tsne_images: in
     from .train import load_student
 
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
+    check_output_dir(out_dir, "--out")   # before any work, not when saving
     settings = {"tsne_images": tsne_images, "lrp_images": lrp_images, "rhos": list(rhos),
                 "selection": selection}
     if grid is None and not (sweep_dir / "results.csv").is_file():
@@ -269,7 +272,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
 
 
 def _cli(args) -> int:
-    import sys
+    from .io import print_json
 
     for name in ("tsne_images", "lrp_images"):
         if getattr(args, name) < 11:
@@ -280,6 +283,5 @@ def _cli(args) -> int:
     result = {"out": str(args.out), "knn_summary": out["knn_summary"].to_dict(orient="records")}
     if "lrp_summary" in out:
         result["lrp_summary"] = out["lrp_summary"].to_dict(orient="records")
-    json.dump(result, sys.stdout, indent=2, default=float)
-    sys.stdout.write("\n")
+    print_json(result)   # strict: NaN (one seed's std) is null
     return 0

@@ -154,7 +154,9 @@ def load_paper_teacher(name: str, weights_file: str | os.PathLike | None = None)
             + ", ".join(str(p) for p in candidates)
             + f". Download {weights.url} on a machine with internet and put it in "
             f"{candidates[-1].parent} (torch's cache, $TORCH_HOME), or pass --teacher-weights FILE.")
-    state = torch.load(found, map_location="cpu", weights_only=True)
+    from .io import torch_load
+
+    state = torch_load(found, "teacher weights")   # weights_only=True; a bad file is a ReproError
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     try:

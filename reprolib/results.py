@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from .config import RunConfig, split_sizes
 from .errors import ReproError
-from .io import read_json, write_text
+from .io import read_json, write_text, write_texts
 from .rundirs import check_run, run_dir_for
 
 if TYPE_CHECKING:
@@ -89,9 +89,9 @@ def write_results(results: "pd.DataFrame", out_dir: str | os.PathLike) -> None:
     import pandas as pd
 
     out_dir = Path(out_dir)
-    write_text(out_dir / "results.csv", results.to_csv(index=False))
     summary = pd.concat([select_lambda(results, s) for s in SELECTIONS], ignore_index=True)
-    write_text(out_dir / "summary.csv", summary.to_csv(index=False))
+    write_texts({out_dir / "results.csv": results.to_csv(index=False),   # both or neither
+                 out_dir / "summary.csv": summary.to_csv(index=False)})
 
 
 def load_results(out_dir: str | os.PathLike) -> "pd.DataFrame":

@@ -3,7 +3,8 @@
 A run folder holds ``student.pt`` and then, written last and atomically,
 ``metrics.json``. It is *finished* when ``metrics.json`` parses, has every key
 of :data:`REQUIRED_METRICS`, names the folder's config key, and ``student.pt``
-is there and not empty. The trainer (:mod:`reprolib.train`,
+matches the sha256 recorded in metrics.json (``student_sha256``) or, without one,
+loads with ``weights_only=True``. The trainer (:mod:`reprolib.train`,
 :mod:`reprolib.cohort`) writes exactly that; the sweep reads it. No torch here.
 """
 
@@ -15,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from . import io
 from .io import read_json
 
 # What a finished run's metrics.json must hold (the trainer's contract).
@@ -51,19 +53,10 @@ def check_run(run_dir: str | os.PathLike, key: str | None = None) -> str | None:
         return "metrics.json is truncated"
     except OSError as exc:
         return f"metrics.json cannot be read ({exc.strerror})"
-    if not isinstance(metrics, dict):
-        return "metrics.json is not a JSON object"
-    missing = [k for k in REQUIRED_METRICS if k not in metrics]
-    if missing:
-        return f"metrics.json lacks {', '.join(missing)}"
-    if metrics["config_key"] != key:
+    if isinstance(metrics, dict) and metrics.get("config_key", key) != key:
         return f"metrics.json names config key {metrics['config_key']!r}, not {key!r}"
-    student = run_dir / STUDENT_FILE
-    if not student.exists():
-        return "student.pt is missing"
-    if student.stat().st_size == 0:
-        return "student.pt is empty"
-    return None
+    # Every key with its type; student.pt matches its sha256 or loads (harden).
+    return io.check_run_files(run_dir, metrics, REQUIRED_METRICS, STUDENT_FILE)
 
 
 def clear_run_dir(run_dir: str | os.PathLike) -> None:

@@ -48,6 +48,7 @@ from .errors import ReproError
 from .executors import RunFn, cpu_count, progress_bar, run_ray, run_serial
 from .grids import (COHORT_FIELDS, PAPER_LAMBDAS, PAPER_RHOS, SWEEP_PRESETS, SweepGrid,
                     cohort_key, expand_grid, get_grid, group_cohorts)
+from . import io, procs
 from .io import cache_dir, read_json, write_json
 from .results import (CELL_COLUMNS, METRIC_COLUMNS, OPTIONAL_METRIC_COLUMNS, RESULT_COLUMNS,
                       SELECTIONS, SPLIT_METRICS, collect_results, load_results, select_lambda,
@@ -150,22 +151,8 @@ def _label(cfg: RunConfig) -> str:
 
 
 
-@contextlib.contextmanager
-def _sweep_lock(out_dir: Path):
-    """One sweep per folder at a time. The kernel drops the lock if we are killed."""
-    import fcntl
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(out_dir / ".sweep.lock", "a+")
-    try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ReproError(f"another sweep is writing to {out_dir}; wait for it to "
-                             "finish or choose another --out folder") from None
-        yield
-    finally:
-        fh.close()
+# One sweep per folder, no process of an earlier one alive, stale temp files removed.
+_sweep_lock = procs.sweep_lock
 
 
 
@@ -176,7 +163,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
               device: str = "cpu", run_fn: RunFn | None = None, progress: bool = True,
               threads: int | None = None, ray_address: str | None = None,
               limit: int | None = None, cohort: bool = True, precision: str = "fp32",
-              compile: bool = False) -> "pd.DataFrame":
+              compile: bool = False, allow_mixed: bool = False) -> "pd.DataFrame":
     """Run every unfinished cell of a grid into ``out_dir``; return results.csv's table.
 
     ``cohort=True`` (default) trains the unfinished cells of each (data config,
@@ -190,7 +177,9 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
     (benchmarks, trials). ``precision`` ("fp32" or "bf16") and ``compile``
     are passed to the trainer (not part of the config: fp32 is the reference).
     Failed runs are reported after the others finish, with a :class:`ReproError`;
-    rerunning the same command retries only them.
+    rerunning the same command retries only them. Finished runs computed with
+    another thread count, device or precision are not mixed with new ones unless
+    ``allow_mixed`` (:func:`reprolib.io.check_numerics`).
     """
     grid = get_grid(grid_name_or_grid)
     if world not in WORLDS:
@@ -199,8 +188,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
         raise ReproError(f"unknown backend {backend!r}; choose serial or ray")
     if not isinstance(workers, int) or workers < 1:
         raise ReproError(f"workers={workers!r} must be a positive integer")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ReproError(f"threads={threads!r} must be a positive integer")
+    io.check_threads(threads)   # None or a positive integer (not a bool)
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ReproError(f"limit={limit!r} must be a positive integer")
     if precision not in PRECISIONS:
@@ -213,14 +201,19 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
     grid_cells = len(cells)
     if limit is not None:
         cells = cells[:limit]
+    io.check_output_dir(out_dir)
     with _sweep_lock(out_dir):
         plan = plan_sweep(cells, out_dir)
         _log(plan.describe(out_dir, grid, world, grid_cells))
+        if plan.todo:
+            io.check_numerics([run_dir_for(out_dir, c) for c in plan.reused], threads, device,
+                              allow_mixed, precision)
         write_json(out_dir / "sweep.json", {
             "grid": dataclasses.asdict(grid), "world": world, "limit": limit,
             "keys": [c.key() for c in cells], "backend": backend, "workers": workers,
             "threads_per_run": threads, "device": device, "cohort": cohort,
             "precision": precision, "compile": compile,
+            "numerics": io.numerics(threads, device, precision),
         })
         for cfg in plan.todo:
             key = cfg.key()
@@ -303,6 +296,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fp32 (default; the reference numbers) or bf16 autocast (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the students")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="reuse finished runs made with another --threads/--device/--precision "
+                        "(numbers differ)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (runs, axes, optimiser steps, split sizes, models, K/d) "
                         "as one JSON object and exit; trains nothing")
@@ -376,19 +372,18 @@ def _k_over_d(cfg: RunConfig) -> float | None:
 
 def _cli_sweep(args: argparse.Namespace) -> int:
     if getattr(args, "dry_run", False):
-        json.dump(plan_summary(args.preset, args.world, args.limit), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        io.print_json(plan_summary(args.preset, args.world, args.limit))
         return 0
     out = args.out or cache_dir("sweeps", f"{args.world}-{args.preset}")
     results = run_sweep(args.preset, out, world=args.world, backend=args.backend,
                         workers=cpu_count() if args.workers is None else args.workers, device=args.device,
                         run_fn=getattr(args, "run_fn", None), progress=not args.no_progress,
                         threads=args.threads, ray_address=args.ray_address, limit=args.limit,
-                        cohort=not args.no_cohort, precision=args.precision, compile=args.compile)
+                        cohort=not args.no_cohort, precision=args.precision, compile=args.compile,
+                        allow_mixed=args.allow_mixed)
     report = dict(results.attrs.get("sweep", {}))
     report.update(results=str(Path(out) / "results.csv"), summary=str(Path(out) / "summary.csv"))
-    json.dump(report, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
+    io.print_json(report)
     return 0
 
 

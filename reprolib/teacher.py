@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,7 @@ def train_mini_teacher(tcfg: TeacherConfig = TeacherConfig(), *, progress: bool 
             manifest["cached"] = True
             return model.eval(), manifest
         except Exception as e:  # noqa: BLE001 - a corrupt cache is retrained, and we say so
-            print(f"teacher cache {folder} is unreadable ({e}); retraining")
+            print(f"teacher cache {folder} is unreadable ({e}); retraining", file=sys.stderr)
     from tqdm import tqdm
 
     if tcfg.precision not in ("bf16", "fp32"):
@@ -209,12 +210,40 @@ def build_teacher(cfg: RunConfig, progress: bool = True) -> FrozenTeacher:
         model, _ = train_mini_teacher(recipe(cfg.teacher_recipe, cfg.data.image_size), progress=progress)
     elif cfg.teacher in ("resnet101", "resnet18"):
         model = load_paper_teacher(cfg.teacher, cfg.teacher_weights)
-    elif Path(cfg.teacher).suffix in (".pt", ".pth") and Path(cfg.teacher).is_file():
-        # A user's own teacher: a whole pickled nn.Module saved with torch.save(model).
-        model = torch.load(cfg.teacher, map_location="cpu", weights_only=False)
-        if not isinstance(model, torch.nn.Module):
-            raise ReproError(f"{cfg.teacher} does not hold a pickled torch.nn.Module")
+    elif Path(cfg.teacher).suffix in (".pt", ".pth"):
+        model = load_teacher_file(cfg.teacher)
     else:
         raise ReproError(f"unknown teacher {cfg.teacher!r}; choose mini-teacher, resnet101, resnet18 "
-                         "or the path of a file saved with torch.save(model)")
+                         "or the path of a state dict saved with torch.save(model.state_dict(), path)")
     return FrozenTeacher(model, cfg.data.subtask_classes)
+
+
+def load_teacher_file(path: str) -> torch.nn.Module:
+    """A user's own teacher: a **state dict** (never a pickled module, which could
+    run code) of the mini teacher (any class count), torchvision's ``resnet18`` or
+    ``resnet101``, saved with ``torch.save(model.state_dict(), path)``; a dict
+    ``{"state_dict": ...}`` is accepted too. Loaded with ``weights_only=True``."""
+    import torchvision
+
+    from .io import load_state_dict_file
+
+    state = load_state_dict_file(path, "teacher file")
+    state = state.get("state_dict", state) if isinstance(state.get("state_dict"), dict) else state
+    fc = state.get("fc.weight")
+    if not isinstance(fc, torch.Tensor) or fc.ndim != 2:
+        raise ReproError(f"teacher file {path} is not a state dict of a ResNet with an `fc` layer; "
+                         "save model.state_dict() of the mini teacher, resnet18 or resnet101")
+    n = int(fc.shape[0])
+    candidates = [("mini teacher", lambda: mini_teacher(n)),
+                  ("resnet18", lambda: torchvision.models.resnet18(weights=None, num_classes=n)),
+                  ("resnet101", lambda: torchvision.models.resnet101(weights=None, num_classes=n))]
+    for _name, build in candidates:
+        model = build()
+        if set(model.state_dict()) == set(state):
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:
+                raise ReproError(f"teacher file {path}: {str(e).splitlines()[0]}") from None
+            return model.eval()
+    raise ReproError(f"teacher file {path} matches none of the known architectures (mini teacher, "
+                     "resnet18, resnet101); save model.state_dict() of one of them")

@@ -38,6 +38,7 @@ from .config import RunConfig
 from .data import World
 from .errors import ReproError
 from .devices import resolve_device as _resolve_device
+from . import io
 from .io import cache_dir, write_json
 from .models import FrozenTeacher, build_student
 from .rundirs import REQUIRED_METRICS  # noqa: F401 - the run folder's contract, re-exported
@@ -179,9 +180,12 @@ def load_student(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[torch
     ckpt = run_dir / "student.pt"
     if not ckpt.is_file():
         raise ReproError(f"{run_dir} has no student.pt: the run did not finish; rerun it")
-    saved = torch.load(ckpt, map_location=device, weights_only=False)
+    saved = io.load_state_dict_file(ckpt, "student checkpoint", ("student", "config"))   # weights_only
     cfg = RunConfig.from_dict(saved["config"])
     k = len(cfg.data.subtask_classes)
     student = build_student(cfg.student, k)
-    student.load_state_dict(saved["student"])
+    try:
+        student.load_state_dict(saved["student"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ReproError(f"{ckpt} does not hold a {cfg.student} student: {str(exc).splitlines()[0]}") from None
     return student.to(device).eval(), cfg
