@@ -5,7 +5,7 @@ transforms) plus the student's forward, backward and optimiser step
 (:meth:`reprolib.cohort.Cohort.step` with a cohort of one). Every method steps
 on the same pre-drawn batches; the methods are timed round-robin, several
 rounds, and the median per method is kept, so that the ratios are measured in
-one run under the same load. Prints a table and then one JSON object.
+one run under the same load (CPU time of the process on the CPU, wall time on CUDA). Prints a table and then one JSON object.
 Target on a 2-core CPU: every layer method <= 1.3x kd's step time.
 
     python benchmarks/step_time.py [--steps 10] [--rounds 5] [--threads 1] [--teacher-recipe smoke]
@@ -68,15 +68,17 @@ def main(argv=None) -> int:
         for x, y in batches[:2]:
             c.step(x, y)
     sync = torch.cuda.synchronize if some.dev.type == "cuda" else (lambda: None)
+    # CPU time of this process on the CPU (the shared machine's load does not count); wall on CUDA.
+    clock = time.perf_counter if some.dev.type == "cuda" else time.process_time
     times: dict[str, list[float]] = {m: [] for m in cohorts}
     for _ in range(args.rounds):
         for m, c in cohorts.items():
             sync()
-            t0 = time.perf_counter()
+            t0 = clock()
             for x, y in batches:
                 c.step(x, y)
             sync()
-            times[m].append((time.perf_counter() - t0) / len(batches))
+            times[m].append((clock() - t0) / len(batches))
     med = {m: statistics.median(v) for m, v in times.items()}
     ratio = {m: med[m] / med["kd"] for m in med}
     print(f"{'method':<12}{'ms/step':>10}{'ratio to kd':>14}")
@@ -85,6 +87,7 @@ def main(argv=None) -> int:
     out = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__, "device": str(some.dev), "precision": args.precision,
+        "clock": "wall" if clock is time.perf_counter else "process CPU",
         "preset": args.preset, "student": some.cfgs[0].student,
         "batch_size": some.cfgs[0].batch_size, "steps": args.steps, "rounds": args.rounds,
         "ms_per_step": {m: round(1000 * v, 2) for m, v in med.items()},

@@ -271,8 +271,11 @@ class VID(DistillMethod):
         return _channel_mm(z, reg[4].weight)
 
     def pair_loss(self, i, s, t):
-        var = self.layers[i].variance().view(1, -1, 1, 1)
-        return 0.5 * ((s - t).pow(2) / var + var.log()).mean()
+        # The mean over (b, c, h, w) taken per channel first (every channel has B·H·W
+        # terms): the same value, but the division by σ_c² and its gradient act on C
+        # numbers instead of the whole map (VID's loss was 14 % of its step).
+        var = self.layers[i].variance()
+        return 0.5 * ((s - t).pow(2).mean(dim=(0, 2, 3)) / var + var.log()).mean()
 
 
 @register_method("vkd")

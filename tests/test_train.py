@@ -13,10 +13,12 @@ from reprolib.config import MOBILENET_LAYER_PAIRS, make_config
 from reprolib.data import build_world
 from reprolib.errors import ReproError
 from reprolib.methods import METHODS
+from reprolib.models import MINI_STUDENT_WIDTHS, MINI_TEACHER_WIDTHS
 from reprolib.train import REQUIRED_METRICS, load_student, predict, train_run
-MINI_LAYERS = [{"teacher": f"layer{i}", "student": f"layer{i}", "teacher_shape": list(t), "student_shape": list(s)}
-               for i, t, s in zip(range(1, 5), [(32, 32, 32), (64, 16, 16), (128, 8, 8), (256, 4, 4)],
-                                  [(16, 32, 32), (32, 16, 16), (64, 8, 8), (128, 4, 4)])]
+# The default mini student's widths come from models.py (the narrow student may change them).
+MINI_LAYERS = [{"teacher": f"layer{i}", "student": f"layer{i}", "teacher_shape": [t, hw, hw],
+                "student_shape": [s, hw, hw]}
+               for i, t, s, hw in zip(range(1, 5), MINI_TEACHER_WIDTHS, MINI_STUDENT_WIDTHS, (32, 16, 8, 4))]
 
 
 @pytest.fixture(autouse=True)
