@@ -1,4 +1,4 @@
-"""The artifact protocol (``paper-protocol.md`` §1.3–§1.4), written once for both worlds.
+"""The artifact protocol (``book/protocol.md`` §1.3–§1.4), written once for both worlds.
 
 * Which images carry a digit: a permutation of the pool's indices drawn from
   ``numpy.random.default_rng(1)`` (a fixed seed, independent of the run seed);

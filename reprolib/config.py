@@ -4,7 +4,7 @@ The CLI, papermill parameters and the sweep grid all build the same
 :class:`RunConfig` through :func:`make_config`, so a run is identified by its
 config alone (plus :data:`reprolib.CODE_VERSION`).
 
-Worlds (``paper-protocol.md`` D11, ``mini-world.md``) fill in defaults; presets
+Worlds (``book/protocol.md`` D11, ``book/mini_world.md``) fill in defaults; presets
 (``smoke``, ``quick``, ``full``) change sizes and counts only, never the protocol.
 """
 
@@ -27,7 +27,7 @@ METHODS = ("kd", "at", "vid", "vkd", "subdistill")
 STUDENT_NORMS = ("standardize", "center")
 VID_VARIANCES = ("learned", "fixed")
 
-# Fashion-MNIST: T-shirt/top, Pullover, Dress, Coat, Shirt (mini-world.md).
+# Fashion-MNIST: T-shirt/top, Pullover, Dress, Coat, Shirt (book/mini_world.md).
 MINI_SUBTASK = (0, 2, 3, 4, 6)
 # ImageNet wading birds: spoonbill, flamingo, crane, limpkin, bustard (§1.1).
 PAPER_SUBTASK = (129, 130, 134, 135, 138)

@@ -113,7 +113,7 @@ def _complete(folder: Path, files: tuple[str, ...]) -> bool:
 
 
 def fashion_mnist_folder(download: bool = True) -> Path:
-    """Where the four original Fashion-MNIST files are (mini-world.md, "Sources").
+    """Where the four original Fashion-MNIST files are (book/mini_world.md, "Sources").
 
     In order: ``$REPROLIB_FASHION_MNIST``; the Debian package's files; a copy in
     the cache; torchvision's download into the cache (needs internet).

@@ -135,6 +135,13 @@ SWEEP_PRESETS: dict[str, SweepGrid] = {
         variants=fixed_step_variants((0.08, 0.16, 0.32, 0.64)),
         note="training images per class {20, 40, 80, 160} at a fixed 600 optimiser steps; "
              "validation set fixed at 250 images; lambda fixed at 100 (the authors' default)"),
+    # The whole curve: also 200 per class (the pool's full 80 %), λ selected per size.
+    "calibration-full": SweepGrid(
+        name="calibration-full", run_preset="quick", methods=("kd", "subdistill"),
+        rhos=(0.0, 1.0), seeds=(1, 2, 3), lambdas=QUICK_LAMBDAS,
+        variants=fixed_step_variants((0.08, 0.16, 0.32, 0.64, 0.8)),
+        note="training images per class {20, 40, 80, 160, 200} at a fixed 600 optimiser steps; "
+             "lambda selected from {1, 10, 100, 1000} per size"),
     # The subspace ratio K/d: the first version's student (widths 16-128, K/d = 0.5)
     # beside the default (8-64, K/d = 0.25), same data, recipe and λ grid.
     "kd-ablation": SweepGrid(

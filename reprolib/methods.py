@@ -1,4 +1,4 @@
-"""The five distillation methods of P1 (``paper-protocol.md`` §3, §4.4–4.6).
+"""The five distillation methods of P1 (``book/protocol.md`` §3, §4.4–4.6).
 
 A method is a module with a *teacher transform*, a *student transform* and a
 *criterion* (one scalar per layer pair). Spatial alignment (§2.3) comes first:

@@ -1,6 +1,6 @@
 """Teachers and students of both worlds, and the frozen, subtask-restricted teacher.
 
-Mini world (``mini-world.md``, "Models"): ResNets built from torchvision's
+Mini world (``book/mini_world.md``, "Models"): ResNets built from torchvision's
 ``BasicBlock`` (so zennit's ``ResNetCanonizer`` applies), one input channel, a
 3×3 stride-1 stem and four stages with strides 1/2/2/2: the teacher with widths
 32/64/128/256; the default student ``mini-student`` with 8/16/32/64, so that the
@@ -9,7 +9,7 @@ MobileNetV4-small pair has K/d between 0.25 and 0.06); ``mini-student-wide``
 (16/32/64/128, K/d = 0.5) is the first version's student, kept for the K/d
 ablation. The number of blocks per stage is :data:`MINI_BLOCKS`.
 
-Paper world (``paper-protocol.md`` §2, D11): torchvision ``resnet101`` /
+Paper world (``book/protocol.md`` §2, D11): torchvision ``resnet101`` /
 ``resnet18`` teachers with ImageNet weights loaded from the local torch cache
 or a given file (never downloaded here), the timm ``mobilenetv4_conv_small``
 student and ``resnet18-s``, a narrow ResNet-18 from torchvision blocks.

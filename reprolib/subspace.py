@@ -1,4 +1,4 @@
-"""SubDistill's relevant subspaces (``paper-protocol.md`` §4.1–4.4, D2, D7, D8).
+"""SubDistill's relevant subspaces (``book/protocol.md`` §4.1–4.4, D2, D7, D8).
 
 For each teacher layer: collect activations a and gradients c = ∂f/∂a of the
 teacher's top-2 logit margin f at random positions of the (contaminated,

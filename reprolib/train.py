@@ -1,4 +1,4 @@
-"""One distillation run: the protocol's recipe (``paper-protocol.md`` §5).
+"""One distillation run: the protocol's recipe (``book/protocol.md`` §5).
 
 AdamW (lr 1e-3, weight decay 0) over the student's and the method's own
 parameters; the rate halved every ``lr_step`` epochs; validation every epoch;

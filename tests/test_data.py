@@ -1,4 +1,4 @@
-"""The data protocol in the mini world (``paper-protocol.md`` §1.2–§1.5, ``mini-world.md``).
+"""The data protocol in the mini world (``book/protocol.md`` §1.2–§1.5, ``book/mini_world.md``).
 
 Expected values are re-derived here from the protocol's own recipe (numpy
 ``default_rng(1)`` permutation prefix, ``default_rng(i)`` for digit and
@@ -24,7 +24,8 @@ from conftest import write_idx
 
 K = 5                         # subtask classes
 SIZES = {"smoke": dict(pool=50, train=40, val=10, test=100),
-         "quick": dict(pool=250, train=200, val=50, test=2500)}
+         # quick: 250 per class, training part 16 % (§1.2's training-size knob), val 20 %.
+         "quick": dict(pool=1250, train=200, val=250, test=2500)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,8 +78,12 @@ def test_counts_per_split(preset, rho):
     assert set(s) == {"train", "val", "test"}
     assert (s["train"]["n"], s["val"]["n"], s["test"]["n"]) == (size["train"], size["val"], size["test"])
     mask = protocol_mask(size["pool"], rho)
-    # Train and val share the pool's ⌊ρ·n⌋ contaminated indices (§1.4).
-    assert s["train"]["with_digit"] + s["val"]["with_digit"] == math.floor(rho * size["pool"])
+    # Train and val share the pool's ⌊ρ·n⌋ contaminated indices (§1.4); with a
+    # training part under 80 % the rest of the pool is discarded, digits and all.
+    used = np.concatenate([w.plans["train"].pool_index, w.plans["val"].pool_index])
+    assert s["train"]["with_digit"] + s["val"]["with_digit"] == int(mask[used].sum())
+    if size["train"] + size["val"] == size["pool"]:
+        assert int(mask[used].sum()) == math.floor(rho * size["pool"])
     assert s["train"]["with_digit"] == int(mask[w.plans["train"].pool_index].sum())
     # Train digits are correlated: every digit equals the label.
     assert s["train"]["digit_equals_label"] == s["train"]["with_digit"]

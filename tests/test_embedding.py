@@ -66,7 +66,7 @@ def test_pooled_features_shape_and_restored_mode():
     x = torch.randn(6, 1, 32, 32)
     batches = [(x[:4], torch.zeros(4)), (x[4:], torch.zeros(2))]
     f = embedding.pooled_features(model, "layer4", batches)
-    assert f.shape == (6, 128) and f.dtype == np.float32
+    assert f.shape == (6, model.widths[-1]) and f.dtype == np.float32
     assert [m.training for m in model.modules()] == modes
     assert all(not m._forward_hooks for m in model.modules())
     model.eval()

@@ -1,4 +1,4 @@
-"""Models, feature hooks and the frozen teacher (``mini-world.md`` "Models", §2, STYLE)."""
+"""Models, feature hooks and the frozen teacher (``book/mini_world.md`` "Models", §2, STYLE)."""
 
 from __future__ import annotations
 

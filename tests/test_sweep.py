@@ -157,10 +157,11 @@ def test_select_lambda_rejects_bad_input():
 # ---------------------------------------------------------------------------
 # Grids
 def test_expand_grid_counts_and_kd_has_no_lambda():
-    counts = {"smoke": 4, "quick": 3 * 3 * (1 + 4 * 2), "full": 6 * 3 * (1 + 4 * 7),
-              "calibration": 2 * 3 * 4 * (1 + 1 * 1), "calibration-full": 2 * 3 * 5 * (1 + 1 * 2)}
+    counts = {"smoke": 4, "quick": 3 * 3 * (1 + 4 * 4), "full": 6 * 3 * (1 + 4 * 7),
+              "calibration": 2 * 3 * 4 * (1 + 1 * 1), "calibration-full": 2 * 3 * 5 * (1 + 1 * 4),
+              "kd-ablation": 2 * 3 * (1 + 1 * 4)}
     presets = {"smoke": "smoke", "quick": "quick", "full": "full", "calibration": "quick",
-               "calibration-full": "quick"}
+               "calibration-full": "quick", "kd-ablation": "quick"}
     for name, n in counts.items():
         cells = expand_grid(name, "mini")
         assert len(cells) == n, name
@@ -171,8 +172,10 @@ def test_expand_grid_counts_and_kd_has_no_lambda():
     assert full.lambdas == (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
     assert full.rhos == (0.0, 0.125, 0.25, 0.5, 0.75, 1.0) and full.seeds == (1, 2, 3)
     calib = expand_grid("calibration")
-    assert sorted({c.data.pool_per_class for c in calib}) == [25, 50, 100, 200]
-    assert sorted({c.data.pool_per_class for c in expand_grid("calibration-full")}) == [25, 50, 100, 200, 400]
+    assert sorted({c.data.train_fraction for c in calib}) == [0.08, 0.16, 0.32, 0.64]
+    assert {c.data.pool_per_class for c in calib} == {250}
+    assert sorted({c.data.train_fraction for c in expand_grid("calibration-full")}) == [0.08, 0.16, 0.32, 0.64, 0.8]
+    assert {c.student for c in expand_grid("kd-ablation")} == {"mini-student-wide"}
     # Seed-major order: a partial sweep has whole seeds done.
     quick = expand_grid("quick")
     assert [c.seed for c in quick[:27]] == [1] * 27
