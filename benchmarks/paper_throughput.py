@@ -283,6 +283,8 @@ def main(argv=None) -> int:
     p.add_argument("--images-per-class", type=int, default=None, help="generated training JPEGs per class")
     p.add_argument("--workers", type=int, default=None, help="our loader workers (default: cores - 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="ours: bf16 autocast or fp32 (auto: bf16 on CUDA, fp32 on the CPU)")
     args = p.parse_args(argv)
     if not 1 <= args.students <= len(COHORT):
         print(f"error: --students {args.students}: give 1 to {len(COHORT)}", file=sys.stderr)
@@ -303,7 +305,7 @@ def main(argv=None) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 3)
     per_class = args.images_per_class or (16 if args.tiny else 100)
     size = 64 if args.tiny else 224
-    precision = "bf16" if dev.type == "cuda" else "fp32"
+    precision = args.precision if args.precision != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
     cohort_spec = COHORT[:args.students]
 
     with tempfile.TemporaryDirectory(prefix="paper-throughput-") as tmp:

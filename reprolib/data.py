@@ -746,9 +746,8 @@ class PaperWorld(World):
 
     ``num_workers``: loader worker processes (None: :func:`loader_workers`).
     ``device``: where batches are quantised, pasted and normalised, and where
-    :meth:`batches` returns them (None: the first CUDA device when there is one,
-    else the CPU; any ``torch.device`` string such as ``cuda:1``; settable later
-    through ``world.device``). ``cache``: use the decode caches (False: decode
+    :meth:`batches` returns them: ``cpu``, ``cuda``, ``cuda:N``, or None (see
+    :attr:`device`); settable later (``world.device = "cuda:1"``). ``cache``: use the decode caches (False: decode
     every image every time, the reference the tests compare the cache with).
     """
 
@@ -786,16 +785,26 @@ class PaperWorld(World):
     # -- device ----------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self._device
+        """Where batches are finished. Unset (None or "auto"), it follows the
+        process: the current CUDA device once the process uses CUDA (a trainer
+        has moved its models there), else the CPU; so CPU runs never touch CUDA."""
+        if self._device is not None:
+            return self._device
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
 
     @device.setter
     def device(self, device: str | torch.device | None) -> None:
         if device is None or device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self._device = None
+            return
         try:
             self._device = torch.device(device)
         except (RuntimeError, TypeError):
             raise ReproError(f"unknown device {device!r}; choose cpu, cuda or cuda:N") from None
+        if self._device.type not in ("cpu", "cuda"):
+            raise ReproError(f"unknown device {device!r}; choose cpu, cuda or cuda:N")
 
     # -- files -----------------------------------------------------------
     def _wnids(self) -> list[str]:

@@ -6,6 +6,8 @@
   375×500, 500×333, ...) and smooth content, so that the files are about as
   large and as slow to decode as ImageNet's (noise would compress far worse).
 * :func:`mnist_standin`: an MNIST root (``MNIST/raw/``) with real-format idx files.
+* :func:`fashion_mnist_standin`: random images in Fashion-MNIST's four files
+  (for a machine without the dataset and without internet: code paths only).
 * :func:`fake_weights`: a randomly initialised torchvision model saved as a
   pretrained-weights file (the teacher's accuracy then means nothing; the code
   paths and the timings are the real ones).
@@ -13,7 +15,7 @@
 Used by ``benchmarks/paper_throughput.py`` and ``scripts/gpu_check.sh``:
 
     python -m reprolib.standins OUT [--train-per-class 12] [--val-per-class 4]
-                                    [--imagenet-like] [--weights resnet18]
+                                    [--imagenet-like] [--weights resnet18] [--fashion-mnist]
 
 prints the environment to export (``REPROLIB_IMAGENET``, ``REPROLIB_MNIST``) and
 the weights file as JSON.
@@ -90,6 +92,21 @@ def mnist_standin(root: str | os.PathLike, count: int = 60, seed: int = 0) -> Pa
     return root
 
 
+def fashion_mnist_standin(root: str | os.PathLike, seed: int = 0) -> Path:
+    """Random images in the four Fashion-MNIST files' format and shapes (60,000
+    training and 10,000 test 28×28 images), for machines without the dataset:
+    the mini world's code paths run, its numbers mean nothing."""
+    from .data import FASHION_FILES
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for images, labels, n in ((FASHION_FILES[0], FASHION_FILES[1], 60000), (FASHION_FILES[2], FASHION_FILES[3], 10000)):
+        write_idx(root / images, rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8))
+        write_idx(root / labels, rng.permutation(np.arange(n) % 10).astype(np.uint8))
+    return root
+
+
 def fake_weights(path: str | os.PathLike, arch: str = "resnet18", seed: int = 0) -> Path:
     """A randomly initialised torchvision ``arch`` saved like a pretrained-weights file."""
     import torch
@@ -110,6 +127,8 @@ def main(argv=None) -> int:
     p.add_argument("--val-per-class", type=int, default=4)
     p.add_argument("--imagenet-like", action="store_true", help="ImageNet's image sizes and file sizes")
     p.add_argument("--weights", default=None, help="also write fake weights for this torchvision model")
+    p.add_argument("--fashion-mnist", action="store_true",
+                   help="also write a random Fashion-MNIST stand-in (REPROLIB_FASHION_MNIST)")
     args = p.parse_args(argv)
     if args.train_per_class < 1 or args.val_per_class < 1:
         print("error: --train-per-class and --val-per-class must be at least 1", file=sys.stderr)
@@ -118,6 +137,8 @@ def main(argv=None) -> int:
     result = {"REPROLIB_IMAGENET": str(imagenet_standin(out / "imagenet", args.train_per_class,
                                                         args.val_per_class, imagenet_like=args.imagenet_like)),
               "REPROLIB_MNIST": str(mnist_standin(out / "mnist"))}
+    if args.fashion_mnist:
+        result["REPROLIB_FASHION_MNIST"] = str(fashion_mnist_standin(out / "fashion-mnist"))
     if args.weights:
         result["weights"] = str(fake_weights(out / f"{args.weights}-fake.pth", args.weights))
     json.dump(result, sys.stdout, indent=2)

@@ -230,3 +230,13 @@ def test_workers_and_device_options(paper_cfg, monkeypatch):
     assert PaperWorld(cfg.data, 1, num_workers=0, device="cpu").device == torch.device("cpu")
     with pytest.raises(ReproError, match="unknown device 'gpu0'; choose cpu, cuda or cuda:N"):
         PaperWorld(cfg.data, 1, num_workers=0, device="gpu0")
+    with pytest.raises(ReproError, match="unknown device 'meta'"):
+        PaperWorld(cfg.data, 1, num_workers=0, device="meta")
+    w = PaperWorld(cfg.data, 1, num_workers=0)              # unset: follows the process
+    if not torch.cuda.is_initialized():
+        assert w.device == torch.device("cpu")
+    w.device = "cuda:2"
+    assert w.device == torch.device("cuda", 2)
+    w.device = None
+    x = next(iter(w.batches("test", 4)))[0]
+    assert x.device == w.device

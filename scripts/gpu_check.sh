@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# The GPU check of issue 12, in one go, from the repository root:
+#
+#   scripts/gpu_check.sh [--device cuda|cuda:N|cpu] [--tiny] [--steps N] [--students N] [--setup-only]
+#
+# 1. the machine: nvidia-smi and torch's view of the device;
+# 2. Python: $PY if set, else .venv/bin/python, else `make venv` (about 7 min
+#    with PyTorch's CUDA wheels; --setup-only stops after it, so that a lent
+#    machine can do the install in one call and the check in the next);
+# 3. stand-in data in a temporary folder (reprolib.standins: an ImageFolder tree
+#    of small JPEGs, MNIST idx files, fake resnet18 weights; a random
+#    Fashion-MNIST stand-in when the real one is not on the machine) and a
+#    private, cold REPROLIB_CACHE: nothing is downloaded, nothing of the user's
+#    cache is read or written;
+# 4. a smoke training of every method in the paper world on the device
+#    (scripts/gpu_smoke.py: resnet18 -> resnet18-s, one epoch each);
+# 5. a smoke mini-world sweep on the device (python -m reprolib sweep --preset smoke);
+# 6. benchmarks/paper_throughput.py on the device (the authors' configuration
+#    vs ours), its speedup line, and on CUDA the issue's target (>= 4x per student).
+#
+# Every step is timed; the end is a PASS/FAIL table, exit status 0 only when
+# all passed. (Inside the step functions errexit is off, as in any `cmd || ...`
+# context: each command that matters ends in `|| return`.) --tiny (for the CPU: `scripts/gpu_check.sh --device cpu --tiny`)
+# shrinks the images and the benchmark. Needs no internet except pip (for the
+# venv). On one H200 with 16 cores the check takes about 3-4 minutes after the venv.
+set -euo pipefail
+
+DEVICE=cuda
+TINY=0
+SETUP_ONLY=0
+BENCH_ARGS=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --device) DEVICE="${2:?--device needs a value: cpu, cuda or cuda:N}"; shift 2 ;;
+    --tiny) TINY=1; shift ;;
+    --setup-only) SETUP_ONLY=1; shift ;;
+    --steps|--students) BENCH_ARGS+=("$1" "${2:?$1 needs a number}"); shift 2 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    *) echo "error: unknown option $1; see scripts/gpu_check.sh --help" >&2; exit 2 ;;
+  esac
+done
+case "$DEVICE" in
+  cpu|cuda|cuda:[0-9]|cuda:[0-9][0-9]) ;;
+  *) echo "error: --device $DEVICE: choose cpu, cuda or cuda:N" >&2; exit 2 ;;
+esac
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+START=$(date +%s)
+NAMES=(); RESULTS=(); TIMES=()
+
+record() {  # name result seconds
+  NAMES+=("$1"); RESULTS+=("$2"); TIMES+=("$3")
+  echo "--- $1: $2 ($3 s; $(( $(date +%s) - START )) s so far)"
+}
+
+step() {  # step NAME command...: run, time, record; never stops the script
+  local name=$1; shift
+  echo
+  echo "=== $name"
+  local t0 rc=0
+  t0=$(date +%s.%N)
+  "$@" || rc=$?
+  local dt
+  dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  if [[ $rc -eq 0 ]]; then record "$name" PASS "$dt"; else record "$name" "FAIL (exit $rc)" "$dt"; fi
+  return 0
+}
+
+summary() {
+  echo
+  echo "=================== gpu_check summary (device $DEVICE$([[ $TINY == 1 ]] && echo ', tiny')) ==================="
+  local failed=0 i
+  for i in "${!NAMES[@]}"; do
+    printf '%-34s %-16s %8s s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${TIMES[$i]}"
+    [[ ${RESULTS[$i]} == PASS* ]] || failed=$((failed + 1))
+  done
+  [[ -n "${SPEEDUP_LINE:-}" ]] && echo "$SPEEDUP_LINE"
+  echo "total $(( $(date +%s) - START )) s"
+  if [[ $failed -eq 0 ]]; then echo "gpu_check: PASS"; else echo "gpu_check: FAIL ($failed failed)"; fi
+  return "$failed"
+}
+
+# --- 1. the machine --------------------------------------------------------
+machine() {
+  echo "repository: $ROOT ($(git rev-parse --short HEAD 2>/dev/null || echo 'not a git checkout'))"
+  echo "host: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 2^20}' /proc/meminfo 2>/dev/null)"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi
+  elif [[ $DEVICE == cuda* ]]; then
+    echo "nvidia-smi not found, but --device $DEVICE was asked for" >&2
+    return 1
+  else
+    echo "nvidia-smi not found (fine for --device cpu)"
+  fi
+}
+step "machine" machine
+
+# --- 2. Python -------------------------------------------------------------
+setup_python() {
+  if [[ -n "${PY:-}" ]]; then
+    echo "using PY=$PY"
+  elif [[ -x .venv/bin/python ]]; then
+    PY=.venv/bin/python
+    echo "using $PY"
+  else
+    echo "no .venv: make venv (PyTorch's CUDA wheels: several minutes)"
+    make venv || return
+    PY=.venv/bin/python
+  fi
+  "$PY" -c 'import torch, torchvision, timm, numpy, sklearn, pandas, tqdm' || {
+    echo "$PY lacks a required package; run make venv or pip install -r requirements.txt" >&2; return 1; }
+}
+step "python" setup_python
+if [[ ${RESULTS[-1]} != PASS ]]; then summary; exit 1; fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"   # this working tree, whatever is installed
+if [[ $SETUP_ONLY == 1 ]]; then summary; exit $?; fi
+
+torch_view() {
+  "$PY" - "$DEVICE" <<'EOF'
+import sys, torch
+dev = sys.argv[1]
+print(f"torch {torch.__version__}, CUDA build {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+print(f"cuda available: {torch.cuda.is_available()}, devices: {torch.cuda.device_count()}")
+for i in range(torch.cuda.device_count()):
+    p = torch.cuda.get_device_properties(i)
+    print(f"  cuda:{i} {p.name}, {p.total_memory / 2**30:.0f} GiB, capability {p.major}.{p.minor}, "
+          f"bf16 {torch.cuda.is_bf16_supported()}")
+if dev.startswith("cuda"):
+    if not torch.cuda.is_available():
+        sys.exit(f"--device {dev}, but torch sees no CUDA device")
+    d = torch.device(dev)
+    x = torch.randn(256, 256, device=d)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = (x @ x).float().sum().item()
+    print(f"a bf16 matmul on {d}: ok")
+EOF
+}
+step "torch's view of the device" torch_view
+if [[ ${RESULTS[-1]} != PASS ]]; then summary; exit 1; fi
+
+# --- 3. stand-ins -----------------------------------------------------------
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+export REPROLIB_CACHE="$TMP/cache"
+standins() {
+  local extra=()
+  if ! "$PY" -m reprolib data check --no-download >/dev/null 2>&1; then
+    echo "no Fashion-MNIST on this machine: a random stand-in (the mini sweep's numbers mean nothing)"
+    extra=(--fashion-mnist)
+  fi
+  "$PY" -m reprolib.standins "$TMP/standins" --train-per-class 12 --val-per-class 4 --weights resnet18 \
+    "${extra[@]}" > "$TMP/standins.json" || return
+  cat "$TMP/standins.json"
+}
+step "stand-in data" standins
+if [[ ${RESULTS[-1]} != PASS ]]; then summary; exit 1; fi
+eval "$("$PY" - "$TMP/standins.json" <<'EOF'
+import json, shlex, sys
+for k, v in json.load(open(sys.argv[1])).items():
+    print(f"export {'STANDIN_WEIGHTS' if k == 'weights' else k}={shlex.quote(v)}")
+EOF
+)"
+
+# --- 4. every method in the paper world -------------------------------------
+TINY_ARG=(); [[ $TINY == 1 ]] && TINY_ARG=(--tiny)
+step "paper smoke, every method" "$PY" scripts/gpu_smoke.py --device "$DEVICE" --weights "$STANDIN_WEIGHTS" \
+  --out "$TMP/paper-smoke" "${TINY_ARG[@]}"
+
+# --- 5. a smoke mini-world sweep ----------------------------------------------
+mini_sweep() {
+  "$PY" -m reprolib sweep --world mini --preset smoke --out "$TMP/mini-sweep" --device "$DEVICE" \
+    --workers 1 --no-progress || return
+  "$PY" - "$TMP/mini-sweep/results.csv" <<'EOF'
+import sys
+import pandas as pd
+r = pd.read_csv(sys.argv[1])
+print(r[["method", "rho", "seed", "test_accuracy", "seconds"]].to_string(index=False))
+sys.exit(0 if len(r) == 4 and r["test_accuracy"].notna().all() else f"expected 4 finished runs, got {len(r)}")
+EOF
+}
+step "mini smoke sweep" mini_sweep
+
+# --- 6. the throughput benchmark ----------------------------------------------
+SPEEDUP_LINE=""
+bench() {
+  "$PY" benchmarks/paper_throughput.py --device "$DEVICE" "${TINY_ARG[@]}" "${BENCH_ARGS[@]}" \
+    | tee "$TMP/bench.txt" || return
+  SPEEDUP_LINE=$(tail -n 1 "$TMP/bench.txt")
+  [[ $SPEEDUP_LINE =~ ^paper-world\ speedup\ [0-9]+\.[0-9][0-9]\ \( ]]
+}
+step "paper throughput benchmark" bench
+if [[ $DEVICE == cuda* && $TINY == 0 && -n $SPEEDUP_LINE ]]; then
+  target() {
+    local x
+    x=$(awk '{print $3}' <<<"$SPEEDUP_LINE")
+    echo "speedup per student: $x (target: at least 4)"
+    awk -v x="$x" 'BEGIN { exit !(x >= 4) }'
+  }
+  step "speedup >= 4x per student" target
+fi
+
+summary
