@@ -1,12 +1,18 @@
-"""Training-step throughput of every method on the mini world's quick preset.
+"""Training-step time of every method on the mini world's quick preset, as a ratio to kd.
 
-Prints one JSON object: per method, images per second over the timed steps
-(teacher forward included, as in training) and the step-time ratio to ``kd``
-measured in the same process; then the wall time of whole quick-preset runs.
-Targets on a 2-core CPU: every layer method <= 1.3x the step time of kd; one
-quick run <= 30 s.
+A step is what training does per batch: the teacher's forward (and its
+transforms) plus the student's forward, backward and optimiser step
+(:meth:`reprolib.cohort.Cohort.step` with a cohort of one). Every method steps
+on the same pre-drawn batches; the methods are timed round-robin, several
+rounds, and the median per method is kept, so that the ratios are measured in
+one run under the same load (CPU time of the process on the CPU, wall time on CUDA). Prints a table and then one JSON object.
+Target on a 2-core CPU: every layer method <= 1.3x kd's step time.
 
-    python benchmarks/step_time.py [--steps 30] [--threads 2] [--run-methods kd,subdistill]
+    python benchmarks/step_time.py [--steps 10] [--rounds 5] [--threads 1] [--teacher-recipe smoke]
+
+``--teacher-recipe smoke`` uses the tests' quickly trained teacher (same
+architecture, so the timings are representative) instead of the mini teacher
+that takes minutes to train on a fresh cache.
 """
 
 from __future__ import annotations
@@ -14,64 +20,79 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
-import tempfile
 import time
+from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:          # run from a source checkout
+    sys.path.insert(0, str(ROOT))
 
-from reprolib.config import METHODS, make_config
-from reprolib.train import Distiller, train_run
+import torch  # noqa: E402
 
-
-def throughput(method: str, steps: int, rho: float) -> float:
-    cfg = make_config("mini", "quick", method=method, contamination_rate=rho, seed=1)
-    run = Distiller(cfg, "cpu")
-    run.student.train()
-    run.method.train()
-    done, images, elapsed = 0, 0, 0.0
-    warmup = 3
-    while done < steps + warmup:
-        it = iter(run.batches())
-        while done < steps + warmup:
-            t0 = time.perf_counter()
-            try:
-                batch = next(it)   # the teacher's forward happens here
-            except StopIteration:
-                break
-            run.step(*batch)
-            if done >= warmup:
-                elapsed += time.perf_counter() - t0
-                images += len(batch[0])
-            done += 1
-    return images / elapsed
+from reprolib.cohort import Cohort  # noqa: E402
+from reprolib.config import make_config  # noqa: E402
+from reprolib.methods import METHODS  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=36)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10, help="steps per method per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rho", type=float, default=1.0)
-    p.add_argument("--run-methods", default="kd,subdistill",
-                   help="methods whose whole quick run is timed (comma-separated; empty: none)")
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--lambda-layer", type=float, default=1.0)
+    p.add_argument("--teacher-recipe", default=None,
+                   help="mini teacher recipe (default: the preset's; 'smoke' trains in seconds)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    # Warm caches (teacher, data, subspace) so that only training is timed.
-    Distiller(make_config("mini", "quick", method="subdistill", contamination_rate=args.rho), "cpu")
-    rates = {m: throughput(m, args.steps, args.rho) for m in METHODS}
+    extra = {"teacher_recipe": args.teacher_recipe} if args.teacher_recipe else {}
+    cohorts = {}
+    for m in METHODS:
+        cfg = make_config("mini", args.preset, method=m, contamination_rate=args.rho, seed=1,
+                          lambda_layer=0.0 if m == "kd" else args.lambda_layer, **extra)
+        cohorts[m] = Cohort([cfg], args.device, precision=args.precision)
+    some = next(iter(cohorts.values()))
+    batches = []
+    for x, y, *_ in some._batches():
+        batches.append((x, y))
+        if len(batches) == args.steps:
+            break
+    for c in cohorts.values():      # warm-up: allocator, oneDNN primitives
+        for m in c.members:
+            m.student.train(), m.method.train()
+        for x, y in batches[:2]:
+            c.step(x, y)
+    sync = torch.cuda.synchronize if some.dev.type == "cuda" else (lambda: None)
+    # CPU time of this process on the CPU (the shared machine's load does not count); wall on CUDA.
+    clock = time.perf_counter if some.dev.type == "cuda" else time.process_time
+    times: dict[str, list[float]] = {m: [] for m in cohorts}
+    for _ in range(args.rounds):
+        for m, c in cohorts.items():
+            sync()
+            t0 = clock()
+            for x, y in batches:
+                c.step(x, y)
+            sync()
+            times[m].append((clock() - t0) / len(batches))
+    med = {m: statistics.median(v) for m, v in times.items()}
+    ratio = {m: med[m] / med["kd"] for m in med}
+    print(f"{'method':<12}{'ms/step':>10}{'ratio to kd':>14}")
+    for m in med:
+        print(f"{m:<12}{1000 * med[m]:>10.1f}{ratio[m]:>14.3f}")
     out = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "torch": torch.__version__,
-        "images_per_second": {m: round(v, 1) for m, v in rates.items()},
-        "step_time_ratio_to_kd": {m: round(rates["kd"] / v, 3) for m, v in rates.items()},
-        "quick_run_seconds": {},
+        "torch": torch.__version__, "device": str(some.dev), "precision": args.precision,
+        "clock": "wall" if clock is time.perf_counter else "process CPU",
+        "preset": args.preset, "student": some.cfgs[0].student,
+        "batch_size": some.cfgs[0].batch_size, "steps": args.steps, "rounds": args.rounds,
+        "ms_per_step": {m: round(1000 * v, 2) for m, v in med.items()},
+        "step_time_ratio_to_kd": {m: round(v, 3) for m, v in ratio.items()},
     }
-    for m in filter(None, args.run_methods.split(",")):
-        cfg = make_config("mini", "quick", method=m, contamination_rate=args.rho, seed=1)
-        with tempfile.TemporaryDirectory() as d:
-            t0 = time.perf_counter()
-            train_run(cfg, d, progress=False)
-            out["quick_run_seconds"][m] = round(time.perf_counter() - t0, 1)
     json.dump(out, sys.stdout, indent=2)
     print()
     return 0

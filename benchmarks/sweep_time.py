@@ -2,6 +2,19 @@
 
     python benchmarks/sweep_time.py --subset 4            # the first 4 cells of "quick"
     python benchmarks/sweep_time.py --workers 1,2,4 --backend ray
+    python benchmarks/sweep_time.py --compare-cohort --steps 30 --teacher-recipe smoke
+
+``--compare-cohort`` trains the first full cohort of the preset (every method
+and λ of one ρ and seed) for ``--steps`` optimiser steps per student, once as
+separate runs (one teacher forward per student per batch) and once as one
+cohort (one teacher forward per batch), on the same batches, in one process;
+it checks that both give bitwise the same students and prints, last,
+``cohort speedup X.XX (N students, separate S1 s, cohort S2 s)``. Setup
+(world, teacher, students) is timed in both; steps are timed interleaved, batch
+by batch, in CPU time of the process (wall time on CUDA), so that other load on
+the machine hits both ways alike. ``--teacher-recipe smoke`` uses
+the tests' quickly trained mini teacher (same architecture: representative
+timings) instead of one that takes minutes to train on a fresh cache.
 
 Each setting sweeps the same cells into its own fresh temporary folder (nothing
 is reused), with ``threads = max(1, cpu_count // workers)`` per run unless
@@ -15,6 +28,7 @@ equal; with different thread counts small float differences are expected.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -26,7 +40,81 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:          # run from a source checkout
     sys.path.insert(0, str(ROOT))
 
-from reprolib.sweep import SWEEP_PRESETS, cpu_count, expand_grid, resolve_device, run_sweep  # noqa: E402
+from reprolib.sweep import (SWEEP_PRESETS, cpu_count, expand_grid, group_cohorts,  # noqa: E402
+                            resolve_device, run_sweep)
+
+
+def compare_cohort(args) -> int:
+    import torch
+
+    from reprolib.cohort import Cohort
+
+    torch.set_num_threads(args.threads or 1)
+    grid = SWEEP_PRESETS[args.preset]
+    if args.lambdas:
+        grid = dataclasses.replace(grid, lambdas=tuple(float(v) for v in args.lambdas.split(",")))
+    cells = group_cohorts(expand_grid(grid, args.world))[0]
+    if args.teacher_recipe:
+        cells = [c.replace(teacher_recipe=args.teacher_recipe) for c in cells]
+    n = len(cells)
+    # Warm the caches (data, teacher, relevant subspaces) and draw the batches once.
+    warm = Cohort(cells, args.device)
+    batches = []
+    while len(batches) < args.steps:
+        for x, y, *_ in warm._batches():
+            batches.append((x, y))
+            if len(batches) == args.steps:
+                break
+    warm.close()
+    del warm
+
+    sync = torch.cuda.synchronize if str(args.device).startswith("cuda") else (lambda: None)
+    clock = time.perf_counter if str(args.device).startswith("cuda") else time.process_time
+
+    def build(cfgs):
+        t0 = clock()
+        cohort = Cohort(cfgs, args.device)
+        for m in cohort.members:
+            m.student.train(), m.method.train()
+        return cohort, clock() - t0
+
+    # Interleaved, batch by batch, so that the machine's load hits both ways alike;
+    # CPU time of this process (wall time on CUDA).
+    separate = [build([cfg]) for cfg in cells]
+    together, coh_setup = build(cells)
+    sep_setup = sum(t for _, t in separate)
+    sep_steps = coh_steps = 0.0
+    for x, y in batches:
+        for cohort, _ in separate:
+            sync()
+            t0 = clock()
+            cohort.step(x, y)
+            sync()
+            sep_steps += clock() - t0
+        t0 = clock()
+        together.step(x, y)
+        sync()
+        coh_steps += clock() - t0
+    sep_states = [m.student.state_dict() for c, _ in separate for m in c.members]
+    coh_states = [m.student.state_dict() for m in together.members]
+    sep_total, coh_total = sep_setup + sep_steps, coh_setup + coh_steps
+    identical = all(torch.equal(a[k], b[k]) for a, b in zip(sep_states, coh_states) for k in a)
+    report = {
+        "world": args.world, "preset": args.preset, "lambdas": list(grid.lambdas), "students": n,
+        "methods": sorted({c.method for c in cells}), "steps": args.steps,
+        "threads": torch.get_num_threads(), "device": args.device,
+        "teacher_recipe": cells[0].teacher_recipe, "student": cells[0].student,
+        "separate": {"setup_s": round(sep_setup, 2), "total_s": round(sep_total, 2)},
+        "cohort": {"setup_s": round(coh_setup, 2), "total_s": round(coh_total, 2)},
+        "clock": "wall" if clock is time.perf_counter else "process CPU",
+        "training_speedup": round(sep_steps / coh_steps, 3),
+        "bitwise_identical_students": identical,
+    }
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    print(f"cohort speedup {sep_total / coh_total:.2f} ({n} students, separate {sep_total:.1f} s, "
+          f"cohort {coh_total:.1f} s)")
+    return 0 if identical else 1
 
 
 def main(argv=None) -> int:
@@ -39,9 +127,20 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="serial", choices=("serial", "ray"))
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per run (default: cpu count // workers)")
-    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-warmup", action="store_true", help="time cold caches too")
+    p.add_argument("--compare-cohort", action="store_true",
+                   help="time one full cohort of the preset as separate runs and as a cohort")
+    p.add_argument("--steps", type=int, default=30,
+                   help="--compare-cohort: optimiser steps per student (default 30)")
+    p.add_argument("--lambdas", default=None, metavar="L1,L2,...",
+                   help="--compare-cohort: replace the preset's lambda grid (e.g. 1,10,100,1000)")
+    p.add_argument("--teacher-recipe", default=None,
+                   help="mini teacher recipe for the timed configs ('smoke' trains in seconds)")
     args = p.parse_args(argv)
+    if args.compare_cohort:
+        args.device = resolve_device(args.device)
+        return compare_cohort(args)
 
     import pandas as pd
 

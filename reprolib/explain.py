@@ -42,7 +42,8 @@ def sweep_results(sweep_dir: str | Path, grid: str | None = None, world: str = "
     """The results table of a sweep folder: ``results.csv`` (the grid that ran last),
     or, when ``grid`` is named, that grid's finished runs (a folder may hold
     several grids, e.g. the quick sweep and its calibration curve)."""
-    from .sweep import collect_results, expand_grid, load_results
+    from .grids import expand_grid
+    from .results import collect_results, load_results
 
     if grid is None:
         return load_results(sweep_dir)
@@ -59,7 +60,7 @@ def selected_runs(sweep_dir: str | Path, selection: str = "oracle", rhos=ANALYSI
     method, rho, seed, lambda_layer and the absolute run folder."""
     import pandas as pd
 
-    from .sweep import select_lambda
+    from .results import select_lambda
 
     sweep_dir = Path(sweep_dir)
     results = sweep_results(sweep_dir, grid, world)

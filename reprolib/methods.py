@@ -86,6 +86,39 @@ def attention_map(f: torch.Tensor) -> torch.Tensor:
     return F.normalize(f.pow(2).mean(dim=1).flatten(1), dim=1, eps=1e-12)
 
 
+def _channel_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A 1×1 convolution without bias as one matrix multiply: ``y[b,o,h,w] = Σ_c W[o,c] x[b,c,h,w]``.
+
+    ``x`` (B, C, H, W) is viewed channels-last (free for the trainer's
+    channels_last maps); ``weight`` is (O, C) or a conv weight (O, C, 1, 1). The
+    result is a channels-last (B, O, H, W) tensor.
+    """
+    b, c, h, w = x.shape
+    y = x.permute(0, 2, 3, 1).reshape(b * h * w, c) @ weight.reshape(weight.shape[0], c).t()
+    return y.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+# ---------------------------------------------------------------- the registry
+
+# The methods by the name users type, in registration order: the trainer, the sweep's
+# workers and the tests use this registry. ``reprolib.config.METHODS`` is the same names
+# as a plain tuple, because config, the sweep's driver and ``--help`` must not import
+# torch (measured: 0.5 s to import reprolib.sweep, 13-15 s with torch on the loaded
+# 2-core machine); tests/test_cohort.py checks that the two agree.
+METHODS: dict[str, type["DistillMethod"]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: register a :class:`DistillMethod` under ``name``."""
+    def deco(cls):
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return deco
+
+
 # ---------------------------------------------------------------- the abstraction
 
 class DistillMethod(nn.Module):
@@ -95,7 +128,16 @@ class DistillMethod(nn.Module):
     :meth:`student_one` and :meth:`pair_loss`; spatial pooling is done here.
     """
 
+    name = ""
     uses_layers = True
+    needs_subspaces = False   # the trainer fits the relevant subspaces (§4.2) for it
+
+    @classmethod
+    def build(cls, teacher_shapes: Sequence[Shape], student_shapes: Sequence[Shape], *,
+              student_norm: str = "standardize", vid_variance: str = "learned",
+              subspaces=None) -> "DistillMethod":
+        """The method for the given shapes; each class takes the options it needs."""
+        return cls(teacher_shapes, student_shapes)
 
     def __init__(self, teacher_shapes: Sequence[Shape] = (), student_shapes: Sequence[Shape] = ()):
         super().__init__()
@@ -146,15 +188,21 @@ class DistillMethod(nn.Module):
                              f"but got {len(feats)} feature maps")
 
 
+@register_method("kd")
 class KD(DistillMethod):
     """Output-only KD (§3.1): the objective is :func:`kd_loss` alone; no layer term."""
 
     uses_layers = False
 
+    @classmethod
+    def build(cls, teacher_shapes, student_shapes, **options):
+        return cls()
+
     def layer_losses(self, student_feats, teacher_feats) -> list[torch.Tensor]:
         return []
 
 
+@register_method("at")
 class AttentionTransfer(DistillMethod):
     """Attention transfer (Zagoruyko & Komodakis 2017; §3.2, ``attention_transfer.py``).
 
@@ -192,6 +240,7 @@ class _VIDLayer(nn.Module):
         return F.softplus(self.alpha) + VID_EPS
 
 
+@register_method("vid")
 class VID(DistillMethod):
     """Variational information distillation (Ahn et al. 2019; §3.3, ``vid.py``).
 
@@ -200,6 +249,10 @@ class VID(DistillMethod):
     Paper vs code (A5, D5): the method learns σ² (default ``"learned"``); the
     authors' GPU runs kept σ² = 5 by accident (``"fixed"``, a buffer).
     """
+
+    @classmethod
+    def build(cls, teacher_shapes, student_shapes, *, vid_variance="learned", **options):
+        return cls(teacher_shapes, student_shapes, vid_variance=vid_variance)
 
     def __init__(self, teacher_shapes, student_shapes, vid_variance: str = "learned"):
         super().__init__(teacher_shapes, student_shapes)
@@ -210,13 +263,22 @@ class VID(DistillMethod):
                                     for t, s in zip(self.teacher_shapes, self.student_shapes))
 
     def student_one(self, i, s):
-        return self.layers[i].regressor(s)
+        # The regressor's three 1×1 convolutions as matrix multiplies over the
+        # channels of a channels-last view (same weights, same state dict).
+        reg = self.layers[i].regressor
+        z = F.relu(_channel_mm(s, reg[0].weight))
+        z = F.relu(_channel_mm(z, reg[2].weight))
+        return _channel_mm(z, reg[4].weight)
 
     def pair_loss(self, i, s, t):
-        var = self.layers[i].variance().view(1, -1, 1, 1)
-        return 0.5 * ((s - t).pow(2) / var + var.log()).mean()
+        # The mean over (b, c, h, w) taken per channel first (every channel has B·H·W
+        # terms): the same value, but the division by σ_c² and its gradient act on C
+        # numbers instead of the whole map (VID's loss was 14 % of its step).
+        var = self.layers[i].variance()
+        return 0.5 * ((s - t).pow(2).mean(dim=(0, 2, 3)) / var + var.log()).mean()
 
 
+@register_method("vkd")
 class VkD(DistillMethod):
     """V_kD (Miles, Elezi & Deng 2024; §3.4, ``vkd.py``), per layer pair.
 
@@ -285,6 +347,7 @@ class _SubDistillLayer(nn.Module):
         self.rotation = orthogonal(nn.Linear(k, k, bias=False))
 
 
+@register_method("subdistill")
 class SubDistill(DistillMethod):
     """SubDistill (P2; §3.5, §4.4–4.6, ``ours.py::OrthogonalBasisCenterRotationV2Policy``).
 
@@ -297,6 +360,13 @@ class SubDistill(DistillMethod):
     BatchNorm uses its running mean and variance; the authors' divides by
     √(1 + eps) instead. Training is identical.
     """
+
+    needs_subspaces = True
+
+    @classmethod
+    def build(cls, teacher_shapes, student_shapes, *, subspaces=None, student_norm="standardize",
+              **options):
+        return cls(teacher_shapes, student_shapes, subspaces, student_norm=student_norm)
 
     def __init__(self, teacher_shapes, student_shapes, subspaces, student_norm: str = "standardize"):
         super().__init__(teacher_shapes, student_shapes)
@@ -318,21 +388,19 @@ class SubDistill(DistillMethod):
 
     def teacher_one(self, i, t):
         layer = self.layers[i]
-        return torch.einsum("bdhw,dk->bkhw", t - layer.mean.view(1, -1, 1, 1), layer.basis)
+        # U_Kᵀ(t − μ) per position: a matrix multiply over channels (a 1×1 convolution).
+        return _channel_mm(t - layer.mean.view(1, -1, 1, 1), layer.basis.t())
 
     def student_one(self, i, s):
         layer = self.layers[i]
-        return torch.einsum("jk,bkhw->bjhw", layer.rotation.weight, layer.norm(s))
+        return _channel_mm(layer.norm(s), layer.rotation.weight)
 
     def pair_loss(self, i, s, t):
         b, _, h, w = s.shape
         return (s - t).pow(2).sum() / (b * h * w * self.layers[i].alpha)
 
 
-# ---------------------------------------------------------------- registry and objective
-
-METHODS = {"kd": KD, "at": AttentionTransfer, "vid": VID, "vkd": VkD, "subdistill": SubDistill}
-
+# ---------------------------------------------------------------- building and the objective
 
 def build_method(name: str, teacher_shapes: Sequence[Shape], student_shapes: Sequence[Shape], *,
                  student_norm: str = "standardize", vid_variance: str = "learned",
@@ -340,22 +408,17 @@ def build_method(name: str, teacher_shapes: Sequence[Shape], student_shapes: Seq
     """The method registered as ``name`` for the given (C, H, W) shapes per layer pair."""
     if name not in METHODS:
         raise ReproError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    if name == "kd":
-        return KD()
-    if name == "vid":
-        return VID(teacher_shapes, student_shapes, vid_variance=vid_variance)
-    if name == "subdistill":
-        return SubDistill(teacher_shapes, student_shapes, subspaces, student_norm=student_norm)
-    return METHODS[name](teacher_shapes, student_shapes)
+    return METHODS[name].build(teacher_shapes, student_shapes, student_norm=student_norm,
+                               vid_variance=vid_variance, subspaces=subspaces)
 
 
-def total_loss(kd_term: torch.Tensor, layer_terms: Sequence[torch.Tensor], lambda_layer: float,
+def loss_terms(kd_term: torch.Tensor, layer_terms: Sequence[torch.Tensor], lambda_layer: float,
                ce_term: torch.Tensor | None = None, lambda_task: float = 0.0
-               ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``L = λ_task·CE + KD + λ_layer·Σ_l L_l`` (§3.0; λ_kd = 1, λ_task = 0 in P1).
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``L = λ_task·CE + KD + λ_layer·Σ_l L_l`` and its named terms, as tensors.
 
-    Returns the scalar and the named terms as floats (for logging and
-    :func:`check_finite`).
+    Nothing is read to the host (the trainer accumulates the terms on the
+    device); :func:`total_loss` is the same with the terms as floats.
     """
     if lambda_task and ce_term is None:
         raise ReproError("lambda_task > 0 but no cross-entropy term was given; pass ce_term "
@@ -368,7 +431,19 @@ def total_loss(kd_term: torch.Tensor, layer_terms: Sequence[torch.Tensor], lambd
         total = total + lambda_task * ce_term
         terms["ce"] = ce_term
     terms["total"] = total
-    return total, {k: float(v.detach()) for k, v in terms.items()}
+    return total, {k: v.detach() for k, v in terms.items()}
+
+
+def total_loss(kd_term: torch.Tensor, layer_terms: Sequence[torch.Tensor], lambda_layer: float,
+               ce_term: torch.Tensor | None = None, lambda_task: float = 0.0
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """``L = λ_task·CE + KD + λ_layer·Σ_l L_l`` (§3.0; λ_kd = 1, λ_task = 0 in P1).
+
+    Returns the scalar and the named terms as floats (for logging and
+    :func:`check_finite`).
+    """
+    total, terms = loss_terms(kd_term, layer_terms, lambda_layer, ce_term, lambda_task)
+    return total, {k: float(v) for k, v in terms.items()}
 
 
 def check_finite(terms: dict[str, float], step: int) -> None:

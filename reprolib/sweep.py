@@ -1,9 +1,9 @@
 """Sweeps: a grid of runs, resumable, serial or parallel, and λ selection.
 
-A sweep expands a grid (methods × ρ × seeds × λ [× pool size]) into
+A sweep expands a grid (:mod:`reprolib.grids`) into
 :class:`~reprolib.config.RunConfig` cells and trains each one into its own
-folder ``DIR/runs/<cfg.key()>/``. The folder name is the config's hash (which
-includes :data:`reprolib.CODE_VERSION`), so
+folder ``DIR/runs/<cfg.key()>/`` (:mod:`reprolib.rundirs`). The folder name is
+the config's hash (which includes :data:`reprolib.CODE_VERSION`), so
 
 * a finished run is never trained again, whichever grid asks for it;
 * a changed grid or code version simply asks for other folders; old ones are
@@ -13,27 +13,21 @@ includes :data:`reprolib.CODE_VERSION`), so
   required keys and names the folder's key, and its ``student.pt`` is there.
   Anything less is reported and redone from an empty folder.
 
-Backends (all give the same files, because every run is a pure function of its
-config and its thread count):
-
-``serial``
-    ``workers=1``: an in-process loop. ``workers>1``: a
-    :class:`concurrent.futures.ProcessPoolExecutor` with the ``spawn`` context.
-    Ray is never imported on this path.
-``ray``
-    One Ray core task per run (``num_cpus=1``; a fractional ``num_gpus`` when
-    the device is CUDA). ``ray.init(address=...)`` only when an address is given
-    (``--ray-address`` or ``RAY_ADDRESS``); otherwise a private in-process local
-    instance with ``num_cpus=workers`` and no dashboard, whose workers get the
-    driver's ``sys.path``. A remote cluster must see ``DIR`` on a shared file
-    system and have ``reprolib`` (and any custom ``run_fn``) importable.
-
-Each run gets ``threads = max(1, cpu_count // workers)`` torch threads unless
+By default the unfinished cells of one (data config, seed) cell are trained
+as one cohort (:mod:`reprolib.cohort`: one teacher forward per batch for all
+of them; bitwise the same students as separate runs on the CPU);
+``cohort=False`` (``--no-cohort``) trains one run per task. The backends
+(:mod:`reprolib.executors`: serial, process pool, Ray) give the same files,
+because every run is a pure function of its config and its thread count.
+Each task gets ``threads = max(1, cpu_count // workers)`` torch threads unless
 told otherwise; keep that number equal when comparing backends.
 
 After the runs, ``DIR/results.csv`` (one row per run) and ``DIR/summary.csv``
 (λ chosen per method and ρ by :func:`select_lambda`, under both selections of
-D3) are written atomically.
+D3) are written atomically (:mod:`reprolib.results`).
+
+This module keeps the planning, the lock, :func:`run_sweep` and the command
+line, and re-exports the public names of the modules above.
 """
 
 from __future__ import annotations
@@ -42,223 +36,37 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
-import shutil
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from .config import METHODS, WORLDS, RunConfig, make_config
+from .config import WORLDS, RunConfig
+from .devices import DEVICE_HELP, resolve_device
 from .errors import ReproError
-from .io import cache_dir, read_json, write_json, write_text
+from .executors import RunFn, cpu_count, progress_bar, run_ray, run_serial
+from .grids import (COHORT_FIELDS, PAPER_LAMBDAS, PAPER_RHOS, SWEEP_PRESETS, SweepGrid,
+                    cohort_key, expand_grid, get_grid, group_cohorts)
+from .io import cache_dir, read_json, write_json
+from .results import (CELL_COLUMNS, METRIC_COLUMNS, OPTIONAL_METRIC_COLUMNS, RESULT_COLUMNS,
+                      SELECTIONS, SPLIT_METRICS, collect_results, load_results, select_lambda,
+                      write_results)
+from .rundirs import REQUIRED_METRICS, check_run, clear_run_dir, run_dir_for
 
 if TYPE_CHECKING:  # pandas is imported lazily: `reprolib --help` stays fast
     import pandas as pd
 
-RunFn = Callable[..., dict]
+__all__ = [
+    "CELL_COLUMNS", "COHORT_FIELDS", "METRIC_COLUMNS", "OPTIONAL_METRIC_COLUMNS", "PAPER_LAMBDAS",
+    "PAPER_RHOS", "REQUIRED_METRICS", "RESULT_COLUMNS", "SELECTIONS", "SPLIT_METRICS",
+    "SWEEP_PRESETS", "RunFn", "SweepGrid", "SweepPlan", "check_run", "cohort_key",
+    "collect_results", "cpu_count", "expand_grid", "get_grid", "group_cohorts", "load_results",
+    "main", "plan_sweep", "register_cli", "resolve_device", "run_dir_for", "run_sweep",
+    "select_lambda", "write_results",
+]
 
-# D6: the paper's λ grid.
-PAPER_LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
-# The contamination rates the authors' code registers (§1.4); P1 reports {0, .5, 1}.
-PAPER_RHOS = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
-
-# What a finished run's metrics.json must hold (the trainer's contract).
-REQUIRED_METRICS = (
-    "test_accuracy", "val_accuracy", "best_epoch",
-    "test_accuracy_with_digit", "test_accuracy_digit_differs", "predicts_digit",
-    "teacher_test_accuracy", "nonoracle_val_accuracy", "nonoracle_test_accuracy",
-    "curves", "seconds", "config", "config_key", "code_version",
-)
-
-# Columns of results.csv, in order: the cell, its metrics, where it lives.
-CELL_COLUMNS = ("method", "rho", "seed", "lambda_layer", "pool_per_class")
-METRIC_COLUMNS = (
-    "val_accuracy", "test_accuracy", "test_accuracy_with_digit",
-    "test_accuracy_digit_differs", "predicts_digit",
-    "nonoracle_val_accuracy", "nonoracle_test_accuracy",
-    "teacher_test_accuracy", "best_epoch", "seconds",
-)
-# The split accuracies of the non-oracle checkpoint, where the trainer gives them.
-OPTIONAL_METRIC_COLUMNS = (
-    "nonoracle_test_accuracy_with_digit", "nonoracle_test_accuracy_digit_differs",
-    "nonoracle_predicts_digit",
-)
-RESULT_COLUMNS = (CELL_COLUMNS + METRIC_COLUMNS + ("run_dir", "world", "preset", "config_key")
-                  + OPTIONAL_METRIC_COLUMNS)
-
-# The per-seed quantities that select_lambda averages (besides the test accuracy).
-SPLIT_METRICS = ("test_accuracy_with_digit", "test_accuracy_digit_differs", "predicts_digit")
-
-# D3: which metric chooses λ and which one is reported, per selection rule.
-SELECTIONS = {
-    "oracle": ("val_accuracy", "test_accuracy"),
-    "nonoracle": ("nonoracle_val_accuracy", "nonoracle_test_accuracy"),
-}
-
-
-# ---------------------------------------------------------------------------
-# Grids as data
-@dataclass(frozen=True)
-class SweepGrid:
-    """The axes of a sweep and the run preset every cell uses.
-
-    ``pool_sizes=None`` keeps the preset's pool size. ``overrides`` are extra
-    :func:`~reprolib.config.make_config` fields applied to every cell
-    (e.g. ``{"val_digits": "correlated"}``).
-    """
-
-    name: str
-    run_preset: str
-    methods: tuple[str, ...]
-    rhos: tuple[float, ...]
-    seeds: tuple[int, ...]
-    lambdas: tuple[float, ...]
-    pool_sizes: tuple[int, ...] | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    note: str = ""
-
-    def __post_init__(self) -> None:
-        for axis in ("methods", "rhos", "seeds", "lambdas"):
-            if not getattr(self, axis):
-                raise ReproError(f"sweep grid {self.name!r} has an empty {axis} axis; "
-                                 "give at least one value")
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ReproError(f"sweep grid {self.name!r}: unknown method(s) {bad}; "
-                             f"valid methods: {', '.join(METHODS)}")
-        if self.pool_sizes is not None and not self.pool_sizes:
-            raise ReproError(f"sweep grid {self.name!r} has an empty pool_sizes axis; "
-                             "give sizes or None to keep the preset's")
-
-    def describe(self) -> str:
-        parts = [f"{len(self.methods)} methods", f"{len(self.rhos)} rho",
-                 f"{len(self.seeds)} seeds", f"{len(self.lambdas)} lambdas (kd: none)"]
-        if self.pool_sizes is not None:
-            parts.insert(2, f"{len(self.pool_sizes)} pool sizes")
-        return " x ".join(parts)
-
-
-SWEEP_PRESETS: dict[str, SweepGrid] = {
-    # Seconds: for tests and CI. Its numbers mean nothing.
-    "smoke": SweepGrid(
-        name="smoke", run_preset="smoke", methods=("kd", "subdistill"),
-        rhos=(0.0, 1.0), seeds=(1,), lambdas=(1.0,),
-        note="tests and CI only; its numbers mean nothing"),
-    # The book's default: a small λ grid (D6 allows it if the preset says so).
-    "quick": SweepGrid(
-        name="quick", run_preset="quick", methods=METHODS,
-        rhos=(0.0, 0.5, 1.0), seeds=(1, 2, 3), lambdas=(1.0, 10.0),
-        note="small lambda grid {1, 10} instead of D6's {1e-3..1e3}; rho as reported in P1"),
-    # D6 in full: the paper's recipe.
-    "full": SweepGrid(
-        name="full", run_preset="full", methods=METHODS,
-        rhos=PAPER_RHOS, seeds=(1, 2, 3), lambdas=PAPER_LAMBDAS,
-        note="D6: full lambda grid, all registered contamination rates"),
-    # mini-world.md "Calibration, honestly": the effect as a function of pool size.
-    # The book's version: λ fixed at 1 (no selection) and pools up to 200, so that
-    # it costs about as much as the quick sweep; "calibration-full" is the whole curve.
-    "calibration": SweepGrid(
-        name="calibration", run_preset="quick", methods=("kd", "subdistill"),
-        rhos=(0.0, 1.0), seeds=(1, 2, 3), lambdas=(1.0,),
-        pool_sizes=(25, 50, 100, 200),
-        note="pool size per class vs the effect; lambda fixed at 1; pools 25-200"),
-    "calibration-full": SweepGrid(
-        name="calibration-full", run_preset="quick", methods=("kd", "subdistill"),
-        rhos=(0.0, 1.0), seeds=(1, 2, 3), lambdas=(1.0, 10.0),
-        pool_sizes=(25, 50, 100, 200, 400),
-        note="pool size per class vs the effect; lambda selected from {1, 10}; pools 25-400"),
-}
-
-
-def get_grid(grid: str | SweepGrid) -> SweepGrid:
-    if isinstance(grid, SweepGrid):
-        return grid
-    if grid not in SWEEP_PRESETS:
-        raise ReproError(f"unknown sweep preset {grid!r}; choose one of {list(SWEEP_PRESETS)}")
-    return SWEEP_PRESETS[grid]
-
-
-def expand_grid(grid: str | SweepGrid, world: str = "mini") -> list[RunConfig]:
-    """The grid's cells as validated configs, in a fixed order, without duplicates.
-
-    Order: seed, pool size, ρ, method, λ (outermost first), so that a partial
-    sweep has whole seeds done. ``kd`` has no λ: it gets one cell per
-    (ρ, seed, pool) with ``lambda_layer=0.0``.
-    """
-    grid = get_grid(grid)
-    pools: Sequence[int | None] = grid.pool_sizes if grid.pool_sizes is not None else (None,)
-    cells: list[RunConfig] = []
-    seen: set[str] = set()
-    for seed in grid.seeds:
-        for pool in pools:
-            for rho in grid.rhos:
-                for method in grid.methods:
-                    lambdas = (0.0,) if method == "kd" else grid.lambdas
-                    for lam in lambdas:
-                        overrides = dict(grid.overrides)
-                        overrides.update(method=method, contamination_rate=float(rho),
-                                         seed=int(seed), lambda_layer=float(lam))
-                        if pool is not None:
-                            overrides["pool_per_class"] = int(pool)
-                        cfg = make_config(world, grid.run_preset, **overrides)
-                        key = cfg.key()
-                        if key not in seen:
-                            seen.add(key)
-                            cells.append(cfg)
-    return cells
-
-
-# ---------------------------------------------------------------------------
-# Run folders
-def run_dir_for(out_dir: str | os.PathLike, cfg: RunConfig) -> Path:
-    return Path(out_dir) / "runs" / cfg.key()
-
-
-def check_run(run_dir: str | os.PathLike, key: str | None = None) -> str | None:
-    """``None`` if the folder holds a finished run, else why not (a short phrase).
-
-    ``key`` defaults to the folder's name; the metrics must name the same key.
-    """
-    run_dir = Path(run_dir)
-    key = key or run_dir.name
-    metrics_path = run_dir / "metrics.json"
-    if not run_dir.is_dir():
-        return "the folder is missing"
-    if not metrics_path.exists():
-        return "metrics.json is missing"
-    try:
-        metrics = read_json(metrics_path)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return "metrics.json is truncated"
-    except OSError as exc:
-        return f"metrics.json cannot be read ({exc.strerror})"
-    if not isinstance(metrics, dict):
-        return "metrics.json is not a JSON object"
-    missing = [k for k in REQUIRED_METRICS if k not in metrics]
-    if missing:
-        return f"metrics.json lacks {', '.join(missing)}"
-    if metrics["config_key"] != key:
-        return f"metrics.json names config key {metrics['config_key']!r}, not {key!r}"
-    student = run_dir / "student.pt"
-    if not student.exists():
-        return "student.pt is missing"
-    if student.stat().st_size == 0:
-        return "student.pt is empty"
-    return None
-
-
-def _clear(run_dir: Path) -> None:
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in run_dir.iterdir():   # a file written while we removed the folder
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -341,183 +149,6 @@ def _label(cfg: RunConfig) -> str:
     return f"{cfg.method}, rho={cfg.data.contamination_rate:g}, seed={cfg.seed}{lam}{pool}"
 
 
-# ---------------------------------------------------------------------------
-# Executing one run (top level: picklable for spawn and for Ray)
-def _execute(cfg_dict: dict, run_dir: str, device: str, threads: int,
-             run_fn: RunFn | None) -> dict:
-    """Train one cell into ``run_dir`` (already empty). Returns a small status dict."""
-    if run_fn is None:
-        from .train import train_run as run_fn  # lazy: torch is imported only here
-    cfg = RunConfig.from_dict(cfg_dict)
-    start = time.perf_counter()
-    if cfg.key() != Path(run_dir).name:   # the folder would never count as finished
-        return {"key": Path(run_dir).name, "ok": False, "wall": 0.0,
-                "error": f"the config does not survive a JSON round trip (key {cfg.key()})"}
-    try:
-        write_json(Path(run_dir) / "config.json", cfg_dict)
-        run_fn(cfg, run_dir, device=device, progress=False, threads=threads)
-    except Exception as exc:  # reported by the driver; the folder stays unfinished
-        return {"key": cfg.key(), "ok": False, "error": f"{type(exc).__name__}: {exc}",
-                "wall": time.perf_counter() - start}
-    return {"key": cfg.key(), "ok": True, "error": None, "wall": time.perf_counter() - start}
-
-
-def cpu_count() -> int:
-    with contextlib.suppress(AttributeError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ReproError(f"unknown device {device!r}; choose auto, cpu or cuda")
-    return device
-
-
-def _progress_bar(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="runs", unit="run", disable=not enabled or total == 0)
-
-
-def _run_serial(jobs, device, threads, run_fn, workers, bar) -> list[dict]:
-    statuses = []
-    if workers == 1:
-        for cfg_dict, run_dir in jobs:
-            statuses.append(_execute(cfg_dict, run_dir, device, threads, run_fn))
-            bar.update(1)
-        return statuses
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-    try:
-        futures = {pool.submit(_execute, cfg_dict, run_dir, device, threads, run_fn): run_dir
-                   for cfg_dict, run_dir in jobs}
-        for fut in as_completed(futures):
-            try:
-                statuses.append(fut.result())
-            except Exception as exc:   # e.g. a worker killed by the OOM killer
-                statuses.append({"key": Path(futures[fut]).name, "ok": False, "wall": 0.0,
-                                 "error": f"{type(exc).__name__}: {exc}"})
-            bar.update(1)
-    except BaseException:
-        # Ctrl-C or a dead worker: start nothing new; finished runs are kept.
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    return statuses
-
-
-@contextlib.contextmanager
-def _ray_session(workers: int, address: str | None, device: str, attempts: int = 3):
-    import ray
-
-    started = False
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        kwargs: dict[str, Any] = dict(log_to_driver=False, configure_logging=False)
-        if address:
-            kwargs["address"] = address
-        else:
-            num_gpus = 0
-            if device.startswith("cuda"):
-                import torch
-
-                num_gpus = torch.cuda.device_count()
-            # A private, in-process local instance (Ray 2.60 turns token
-            # authentication on for it); never a head node for others to join.
-            kwargs.update(address="local", num_cpus=workers, num_gpus=num_gpus,
-                          include_dashboard=False)
-        for attempt in range(1, attempts + 1):
-            try:
-                if address:
-                    ray.init(**kwargs)
-                else:
-                    with _driver_import_path():
-                        ray.init(**kwargs)
-                break
-            except Exception as exc:
-                # On a loaded machine the raylet gives its agents a hard-coded
-                # 15 s to start and then aborts (ray-project/ray#65983); a
-                # second try usually finds the imports warm.
-                with contextlib.suppress(Exception):
-                    ray.shutdown()
-                if address or attempt == attempts:
-                    where = f"the cluster at {address}" if address else "a local Ray instance"
-                    raise ReproError(
-                        f"could not start {where} after {attempt} attempt(s): {exc}; "
-                        "see the raylet log under /tmp/ray/session_latest/logs, or use "
-                        "--backend serial") from exc
-                print(f"Ray did not start ({type(exc).__name__}); trying again "
-                      f"({attempt + 1}/{attempts})", file=sys.stderr, flush=True)
-        started = True
-    try:
-        yield ray
-    finally:
-        if started:
-            ray.shutdown()
-
-
-@contextlib.contextmanager
-def _driver_import_path():
-    """Let a local instance's workers import what the driver imports.
-
-    Workers inherit the raylet's environment, which inherits ours while
-    ``ray.init`` starts it: put the driver's ``sys.path`` in ``PYTHONPATH``
-    (reprolib from a source checkout, a test's runner module...).
-    """
-    before = os.environ.get("PYTHONPATH")
-    entries = [os.path.abspath(p) for p in sys.path if p and os.path.isdir(p)]
-    if before:
-        entries.append(before)
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(entries))
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = before
-
-
-def _run_ray(jobs, device, threads, run_fn, workers, bar, address) -> list[dict]:
-    with _ray_session(workers, address, device) as ray:
-        options: dict[str, Any] = {}
-        if device.startswith("cuda"):
-            gpus = ray.cluster_resources().get("GPU", 0.0)
-            if gpus <= 0:
-                raise ReproError("device cuda was asked for, but the Ray cluster has no GPU; "
-                                 "use --device cpu or a cluster with GPUs")
-            # Share the GPUs among the concurrent runs.
-            options["num_gpus"] = min(1.0, gpus / workers)
-
-        @ray.remote(num_cpus=1)
-        def ray_task(cfg_dict, run_dir, device, threads, run_fn):
-            return _execute(cfg_dict, run_dir, device, threads, run_fn)
-
-        task = ray_task.options(**options) if options else ray_task
-        fn_ref = ray.put(run_fn)
-        refs = {task.remote(cfg_dict, run_dir, device, threads, fn_ref): run_dir
-                for cfg_dict, run_dir in jobs}
-        pending = list(refs)
-        statuses = []
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                try:
-                    statuses.append(ray.get(ref))
-                except Exception as exc:   # the worker died (OOM, node lost...)
-                    statuses.append({"key": Path(refs[ref]).name, "ok": False, "wall": 0.0,
-                                     "error": f"{type(exc).__name__}: {exc}"})
-            bar.update(len(done))
-        return statuses
-
 
 @contextlib.contextmanager
 def _sweep_lock(out_dir: Path):
@@ -537,19 +168,27 @@ def _sweep_lock(out_dir: Path):
         fh.close()
 
 
+
+
 # ---------------------------------------------------------------------------
 def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
               world: str = "mini", backend: str = "serial", workers: int = 1,
               device: str = "cpu", run_fn: RunFn | None = None, progress: bool = True,
               threads: int | None = None, ray_address: str | None = None,
-              limit: int | None = None) -> "pd.DataFrame":
+              limit: int | None = None, cohort: bool = True, precision: str = "fp32",
+              compile: bool = False) -> "pd.DataFrame":
     """Run every unfinished cell of a grid into ``out_dir``; return results.csv's table.
 
-    ``run_fn`` (default :func:`reprolib.train.train_run`) is called as
-    ``run_fn(cfg, run_dir, device=..., progress=False, threads=...)`` and must
-    write ``student.pt`` and then, last, ``metrics.json``. It must be picklable
-    (a module-level function) for ``workers > 1`` or the Ray backend.
-    ``limit`` keeps only the first N cells (benchmarks, trials).
+    ``cohort=True`` (default) trains the unfinished cells of each (data config,
+    seed) cell as one task with :func:`reprolib.cohort.train_cohort`;
+    ``cohort=False`` one run per task. ``run_fn`` (default: the trainer) is
+    called per run as ``run_fn(cfg, run_dir, device=..., progress=False,
+    threads=...)`` and must write ``student.pt`` and then, last,
+    ``metrics.json``; with ``cohort=True`` the runs of a cohort are called in
+    order inside one task. It must be picklable (a module-level function) for
+    ``workers > 1`` or the Ray backend. ``limit`` keeps only the first N cells
+    (benchmarks, trials). ``precision`` ("fp32" or "bf16") and ``compile``
+    are passed to the trainer (not part of the config: fp32 is the reference).
     Failed runs are reported after the others finish, with a :class:`ReproError`;
     rerunning the same command retries only them.
     """
@@ -564,6 +203,8 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
         raise ReproError(f"threads={threads!r} must be a positive integer")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ReproError(f"limit={limit!r} must be a positive integer")
+    if precision not in PRECISIONS:
+        raise ReproError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     device = resolve_device(device)
     threads = threads or max(1, cpu_count() // workers)
     out_dir = Path(out_dir)
@@ -578,22 +219,25 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
         write_json(out_dir / "sweep.json", {
             "grid": dataclasses.asdict(grid), "world": world, "limit": limit,
             "keys": [c.key() for c in cells], "backend": backend, "workers": workers,
-            "threads_per_run": threads, "device": device,
+            "threads_per_run": threads, "device": device, "cohort": cohort,
+            "precision": precision, "compile": compile,
         })
-        jobs = []
         for cfg in plan.todo:
             key = cfg.key()
-            run_dir = run_dir_for(out_dir, cfg)
             if key in plan.redo:
                 _log(f"redoing run {key} ({_label(cfg)}): {plan.redo[key]}")
-            _clear(run_dir)
-            jobs.append((cfg.to_dict(), str(run_dir)))
+            clear_run_dir(run_dir_for(out_dir, cfg))
+        groups = group_cohorts(plan.todo) if cohort else [[cfg] for cfg in plan.todo]
+        tasks = [[(cfg.to_dict(), str(run_dir_for(out_dir, cfg))) for cfg in group]
+                 for group in groups]
+        opts = dict(cohort=cohort, precision=precision, compile=compile)
 
-        with _progress_bar(len(jobs), progress) as bar:
+        with progress_bar(len(plan.todo), progress) as bar:
             if backend == "serial":
-                statuses = _run_serial(jobs, device, threads, run_fn, workers, bar)
+                statuses = run_serial(tasks, device, threads, run_fn, workers, bar, **opts)
             else:
-                statuses = _run_ray(jobs, device, threads, run_fn, workers, bar, ray_address)
+                statuses = run_ray(tasks, device, threads, run_fn, workers, bar, ray_address,
+                                   **opts)
 
         failures = {s["key"]: s["error"] for s in statuses if not s["ok"]}
         for cfg in plan.todo:   # a run_fn that returned without finishing is a failure too
@@ -610,6 +254,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
             "reused": len(plan.reused), "computed": len(plan.todo) - len(failures),
             "redone": len(plan.redo), "failed": len(failures),
             "foreign_finished": plan.foreign_finished,
+            "tasks": len(tasks), "cohort": cohort,
         }
     if failures:
         by_key = {c.key(): c for c in cells}
@@ -618,124 +263,6 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
                          + "\nfix the cause and rerun the same command; finished runs "
                          "are reused")
     return results
-
-
-def collect_results(cells: Iterable[RunConfig], out_dir: str | os.PathLike) -> "pd.DataFrame":
-    """One row per finished cell, in grid order (columns :data:`RESULT_COLUMNS`)."""
-    import pandas as pd
-
-    out_dir = Path(out_dir)
-    rows = []
-    for cfg in cells:
-        key = cfg.key()
-        run_dir = run_dir_for(out_dir, cfg)
-        if check_run(run_dir, key) is not None:
-            continue
-        m = read_json(run_dir / "metrics.json")
-        rows.append({
-            "method": cfg.method,
-            "rho": float(cfg.data.contamination_rate),
-            "seed": int(cfg.seed),
-            "lambda_layer": math.nan if cfg.method == "kd" else float(cfg.lambda_layer),
-            "pool_per_class": cfg.data.pool_per_class,
-            **{k: m.get(k) for k in METRIC_COLUMNS},
-            "run_dir": str(Path("runs") / key),
-            "world": cfg.data.world,
-            "preset": cfg.preset,
-            "config_key": key,
-            **{k: m.get(k) for k in OPTIONAL_METRIC_COLUMNS},
-        })
-    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
-
-
-def write_results(results: "pd.DataFrame", out_dir: str | os.PathLike) -> None:
-    """results.csv and summary.csv (both selections), atomically."""
-    import pandas as pd
-
-    out_dir = Path(out_dir)
-    write_text(out_dir / "results.csv", results.to_csv(index=False))
-    summary = pd.concat([select_lambda(results, s) for s in SELECTIONS], ignore_index=True)
-    write_text(out_dir / "summary.csv", summary.to_csv(index=False))
-
-
-def load_results(out_dir: str | os.PathLike) -> "pd.DataFrame":
-    import pandas as pd
-
-    path = Path(out_dir) / "results.csv"
-    if not path.exists():
-        raise ReproError(f"no results.csv in {out_dir}; run `reprolib sweep --out {out_dir}` first")
-    return pd.read_csv(path)
-
-
-# ---------------------------------------------------------------------------
-# λ selection (D6, D3)
-def select_lambda(results: "pd.DataFrame", selection: str = "oracle") -> "pd.DataFrame":
-    """Choose λ per (method, ρ[, pool]) by the mean validation accuracy over seeds.
-
-    D6: λ maximises the mean over seeds of the validation accuracy; ties go to
-    the smaller λ. D3: ``selection="oracle"`` uses ``val_accuracy`` (random
-    digits on val, the paper's rule) and reports ``test_accuracy``;
-    ``"nonoracle"`` uses ``nonoracle_val_accuracy`` (correlated digits on val)
-    and reports ``nonoracle_test_accuracy``. For the split accuracies
-    (:data:`SPLIT_METRICS`) the non-oracle selection uses ``nonoracle_<name>``
-    columns when the table has them, else NaN (the oracle checkpoint's split
-    accuracies would mislabel it). Means and stds (ddof=1; 0 for one seed) are
-    over seeds. ``kd`` has no λ (NaN), so it has one candidate. Pure.
-    """
-    import numpy as np
-    import pandas as pd
-
-    if selection not in SELECTIONS:
-        raise ReproError(f"unknown selection {selection!r}; choose one of {list(SELECTIONS)}")
-    val_col, test_col = SELECTIONS[selection]
-    missing = [c for c in ("method", "rho", "seed", "lambda_layer", val_col, test_col)
-               if c not in results.columns]
-    if missing:
-        raise ReproError(f"the results table lacks column(s) {missing} needed for "
-                         f"{selection} selection")
-    group_cols = ["method", "rho"]
-    if "pool_per_class" in results.columns:
-        group_cols.append("pool_per_class")
-    split_cols = {}
-    for name in SPLIT_METRICS:
-        col = name if selection == "oracle" else f"nonoracle_{name}"
-        split_cols[name] = col if col in results.columns else None
-
-    out_columns = (["selection", *group_cols, "lambda_layer", "n_seeds", "n_lambdas",
-                    "val_accuracy_mean", "test_accuracy_mean", "test_accuracy_std"]
-                   + [f"{n}_{s}" for n in SPLIT_METRICS for s in ("mean", "std")])
-    rows = []
-    table = results.copy()
-    for group, df in table.groupby(group_cols, dropna=False, sort=True):
-        group = group if isinstance(group, tuple) else (group,)
-        lam_key = df["lambda_layer"].astype(float).fillna(-np.inf)   # kd: one NaN "λ"
-        by_lam = df.assign(_lam=lam_key).groupby("_lam", sort=True)
-        val_means = by_lam[val_col].mean()
-        valid = val_means.dropna()
-        if valid.empty:
-            continue
-        best = valid.max()
-        # Ascending λ order: the first within rounding of the best is the smallest.
-        chosen = next(lam for lam, v in valid.items() if v >= best - 1e-12)
-        sel = df[lam_key == chosen]
-        row = dict(zip(group_cols, group))
-        row.update(selection=selection,
-                   lambda_layer=math.nan if chosen == -np.inf else float(chosen),
-                   n_seeds=int(sel["seed"].nunique()), n_lambdas=int(len(val_means)),
-                   val_accuracy_mean=float(sel[val_col].mean()))
-        row["test_accuracy_mean"], row["test_accuracy_std"] = _mean_std(sel[test_col])
-        for name, col in split_cols.items():
-            row[f"{name}_mean"], row[f"{name}_std"] = (
-                _mean_std(sel[col]) if col is not None else (math.nan, math.nan))
-        rows.append(row)
-    return pd.DataFrame(rows, columns=out_columns)
-
-
-def _mean_std(values: "pd.Series") -> tuple[float, float]:
-    values = values.astype(float)
-    mean = float(values.mean())
-    std = float(values.std(ddof=1)) if values.count() > 1 else 0.0
-    return mean, std
 
 
 # ---------------------------------------------------------------------------
@@ -766,9 +293,15 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="connect to this Ray cluster (else RAY_ADDRESS, else a private "
                         "local instance)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default auto)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="only the first N cells of the grid")
+    p.add_argument("--no-cohort", action="store_true",
+                   help="one run per task instead of one cohort (all methods and lambdas of "
+                        "a data config and seed, one teacher forward per batch) per task")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32 (default; the reference numbers) or bf16 autocast (CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the students")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -777,7 +310,8 @@ def _cli_sweep(args: argparse.Namespace) -> int:
     results = run_sweep(args.preset, out, world=args.world, backend=args.backend,
                         workers=cpu_count() if args.workers is None else args.workers, device=args.device,
                         run_fn=getattr(args, "run_fn", None), progress=not args.no_progress,
-                        threads=args.threads, ray_address=args.ray_address, limit=args.limit)
+                        threads=args.threads, ray_address=args.ray_address, limit=args.limit,
+                        cohort=not args.no_cohort, precision=args.precision, compile=args.compile)
     report = dict(results.attrs.get("sweep", {}))
     report.update(results=str(Path(out) / "results.csv"), summary=str(Path(out) / "summary.csv"))
     json.dump(report, sys.stdout, indent=2, sort_keys=True)

@@ -506,3 +506,34 @@ def test_real_trainer_gives_the_same_results_in_worker_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     pd.testing.assert_frame_equal(_comparable(tmp_path / "serial" / "results.csv"),
                                   _comparable(tmp_path / "pool" / "results.csv"))
+
+
+def test_cohort_and_no_cohort_sweeps_give_the_same_results(tmp_path, capsys):
+    """One task per (rho, seed) cohort, or one per run: the same results.csv numbers."""
+    pytest.importorskip("reprolib.train")
+    import torch
+
+    torch.set_num_threads(1)
+    grid = SweepGrid(name="smoke-cohort", run_preset="smoke", methods=("kd", "at", "subdistill"),
+                     rhos=(1.0,), seeds=(1,), lambdas=(1.0, 10.0))
+    together = run_sweep(grid, tmp_path / "cohort", device="cpu", progress=False, threads=1)
+    assert together.attrs["sweep"]["tasks"] == 1 and together.attrs["sweep"]["cohort"]
+    alone = run_sweep(grid, tmp_path / "alone", device="cpu", progress=False, threads=1,
+                      cohort=False)
+    assert alone.attrs["sweep"]["tasks"] == 5
+    pd.testing.assert_frame_equal(_comparable(tmp_path / "cohort" / "results.csv"),
+                                  _comparable(tmp_path / "alone" / "results.csv"))
+    assert together.test_accuracy.nunique() > 1 or together.val_accuracy.nunique() > 1
+
+
+def test_no_cohort_flag_and_cohort_tasks_with_a_custom_runner(tmp_path, fake_env, capsys):
+    out = tmp_path / "sw"
+    assert main(["--preset", "smoke", "--out", str(out), "--workers", "1", "--device", "cpu",
+                 "--no-progress", "--no-cohort"], run_fn=fake_train_run) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tasks"] == 4 and report["cohort"] is False
+    res = run_sweep(_tiny_grid(), tmp_path / "tiny", run_fn=fake_train_run, progress=False)
+    # kd + at x 2 lambdas per (rho, seed): 4 cohorts of 3 runs, every run started once.
+    assert res.attrs["sweep"]["tasks"] == 4 and len(res) == 12
+    assert main(["--preset", "smoke", "--out", str(out), "--device", "cuda:x"]) == 2
+    assert "unknown device 'cuda:x'" in capsys.readouterr().err

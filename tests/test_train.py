@@ -12,9 +12,8 @@ import reprolib.methods as methods_module
 from reprolib.config import MOBILENET_LAYER_PAIRS, make_config
 from reprolib.data import build_world
 from reprolib.errors import ReproError
+from reprolib.methods import METHODS
 from reprolib.train import REQUIRED_METRICS, load_student, predict, train_run
-
-METHODS = ("kd", "at", "vid", "vkd", "subdistill")
 MINI_LAYERS = [{"teacher": f"layer{i}", "student": f"layer{i}", "teacher_shape": list(t), "student_shape": list(s)}
                for i, t, s in zip(range(1, 5), [(32, 32, 32), (64, 16, 16), (128, 8, 8), (256, 4, 4)],
                                   [(16, 32, 32), (32, 16, 16), (64, 8, 8), (128, 4, 4)])]
@@ -49,7 +48,7 @@ def check_run(out, cfg, metrics):
     return on_disk, student
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_mini_smoke_run_of_every_method(tmp_path, method):
     cfg = make_config("mini", "smoke", method=method, contamination_rate=1.0, lambda_layer=1.0)
     world = build_world(cfg.data, cfg.seed)

@@ -1,0 +1,165 @@
+"""A sweep's tables: results.csv (one row per finished run), λ selection, summary.csv.
+
+Reads finished run folders (:mod:`reprolib.rundirs`); never trains. pandas is
+imported lazily so that ``reprolib --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from .config import RunConfig
+from .errors import ReproError
+from .io import read_json, write_text
+from .rundirs import check_run, run_dir_for
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Columns of results.csv, in order: the cell, its metrics, where it lives.
+CELL_COLUMNS = ("method", "rho", "seed", "lambda_layer", "pool_per_class")
+METRIC_COLUMNS = (
+    "val_accuracy", "test_accuracy", "test_accuracy_with_digit",
+    "test_accuracy_digit_differs", "predicts_digit",
+    "nonoracle_val_accuracy", "nonoracle_test_accuracy",
+    "teacher_test_accuracy", "best_epoch", "seconds",
+)
+# The split accuracies of the non-oracle checkpoint, where the trainer gives them.
+OPTIONAL_METRIC_COLUMNS = (
+    "nonoracle_test_accuracy_with_digit", "nonoracle_test_accuracy_digit_differs",
+    "nonoracle_predicts_digit",
+)
+RESULT_COLUMNS = (CELL_COLUMNS + METRIC_COLUMNS + ("run_dir", "world", "preset", "config_key")
+                  + OPTIONAL_METRIC_COLUMNS)
+
+# The per-seed quantities that select_lambda averages (besides the test accuracy).
+SPLIT_METRICS = ("test_accuracy_with_digit", "test_accuracy_digit_differs", "predicts_digit")
+
+# D3: which metric chooses λ and which one is reported, per selection rule.
+SELECTIONS = {
+    "oracle": ("val_accuracy", "test_accuracy"),
+    "nonoracle": ("nonoracle_val_accuracy", "nonoracle_test_accuracy"),
+}
+
+
+
+def collect_results(cells: Iterable[RunConfig], out_dir: str | os.PathLike) -> "pd.DataFrame":
+    """One row per finished cell, in grid order (columns :data:`RESULT_COLUMNS`)."""
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    rows = []
+    for cfg in cells:
+        key = cfg.key()
+        run_dir = run_dir_for(out_dir, cfg)
+        if check_run(run_dir, key) is not None:
+            continue
+        m = read_json(run_dir / "metrics.json")
+        rows.append({
+            "method": cfg.method,
+            "rho": float(cfg.data.contamination_rate),
+            "seed": int(cfg.seed),
+            "lambda_layer": math.nan if cfg.method == "kd" else float(cfg.lambda_layer),
+            "pool_per_class": cfg.data.pool_per_class,
+            **{k: m.get(k) for k in METRIC_COLUMNS},
+            "run_dir": str(Path("runs") / key),
+            "world": cfg.data.world,
+            "preset": cfg.preset,
+            "config_key": key,
+            **{k: m.get(k) for k in OPTIONAL_METRIC_COLUMNS},
+        })
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+
+def write_results(results: "pd.DataFrame", out_dir: str | os.PathLike) -> None:
+    """results.csv and summary.csv (both selections), atomically."""
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    write_text(out_dir / "results.csv", results.to_csv(index=False))
+    summary = pd.concat([select_lambda(results, s) for s in SELECTIONS], ignore_index=True)
+    write_text(out_dir / "summary.csv", summary.to_csv(index=False))
+
+
+def load_results(out_dir: str | os.PathLike) -> "pd.DataFrame":
+    import pandas as pd
+
+    path = Path(out_dir) / "results.csv"
+    if not path.exists():
+        raise ReproError(f"no results.csv in {out_dir}; run `reprolib sweep --out {out_dir}` first")
+    return pd.read_csv(path)
+
+
+# ---------------------------------------------------------------------------
+# λ selection (D6, D3)
+def select_lambda(results: "pd.DataFrame", selection: str = "oracle") -> "pd.DataFrame":
+    """Choose λ per (method, ρ[, pool]) by the mean validation accuracy over seeds.
+
+    D6: λ maximises the mean over seeds of the validation accuracy; ties go to
+    the smaller λ. D3: ``selection="oracle"`` uses ``val_accuracy`` (random
+    digits on val, the paper's rule) and reports ``test_accuracy``;
+    ``"nonoracle"`` uses ``nonoracle_val_accuracy`` (correlated digits on val)
+    and reports ``nonoracle_test_accuracy``. For the split accuracies
+    (:data:`SPLIT_METRICS`) the non-oracle selection uses ``nonoracle_<name>``
+    columns when the table has them, else NaN (the oracle checkpoint's split
+    accuracies would mislabel it). Means and stds (ddof=1; 0 for one seed) are
+    over seeds. ``kd`` has no λ (NaN), so it has one candidate. Pure.
+    """
+    import numpy as np
+    import pandas as pd
+
+    if selection not in SELECTIONS:
+        raise ReproError(f"unknown selection {selection!r}; choose one of {list(SELECTIONS)}")
+    val_col, test_col = SELECTIONS[selection]
+    missing = [c for c in ("method", "rho", "seed", "lambda_layer", val_col, test_col)
+               if c not in results.columns]
+    if missing:
+        raise ReproError(f"the results table lacks column(s) {missing} needed for "
+                         f"{selection} selection")
+    group_cols = ["method", "rho"]
+    if "pool_per_class" in results.columns:
+        group_cols.append("pool_per_class")
+    split_cols = {}
+    for name in SPLIT_METRICS:
+        col = name if selection == "oracle" else f"nonoracle_{name}"
+        split_cols[name] = col if col in results.columns else None
+
+    out_columns = (["selection", *group_cols, "lambda_layer", "n_seeds", "n_lambdas",
+                    "val_accuracy_mean", "test_accuracy_mean", "test_accuracy_std"]
+                   + [f"{n}_{s}" for n in SPLIT_METRICS for s in ("mean", "std")])
+    rows = []
+    table = results.copy()
+    for group, df in table.groupby(group_cols, dropna=False, sort=True):
+        group = group if isinstance(group, tuple) else (group,)
+        lam_key = df["lambda_layer"].astype(float).fillna(-np.inf)   # kd: one NaN "λ"
+        by_lam = df.assign(_lam=lam_key).groupby("_lam", sort=True)
+        val_means = by_lam[val_col].mean()
+        valid = val_means.dropna()
+        if valid.empty:
+            continue
+        best = valid.max()
+        # Ascending λ order: the first within rounding of the best is the smallest.
+        chosen = next(lam for lam, v in valid.items() if v >= best - 1e-12)
+        sel = df[lam_key == chosen]
+        row = dict(zip(group_cols, group))
+        row.update(selection=selection,
+                   lambda_layer=math.nan if chosen == -np.inf else float(chosen),
+                   n_seeds=int(sel["seed"].nunique()), n_lambdas=int(len(val_means)),
+                   val_accuracy_mean=float(sel[val_col].mean()))
+        row["test_accuracy_mean"], row["test_accuracy_std"] = _mean_std(sel[test_col])
+        for name, col in split_cols.items():
+            row[f"{name}_mean"], row[f"{name}_std"] = (
+                _mean_std(sel[col]) if col is not None else (math.nan, math.nan))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=out_columns)
+
+
+def _mean_std(values: "pd.Series") -> tuple[float, float]:
+    values = values.astype(float)
+    mean = float(values.mean())
+    std = float(values.std(ddof=1)) if values.count() > 1 else 0.0
+    return mean, std
+

@@ -1,0 +1,186 @@
+"""Cohort training: bitwise the same students as separate runs; resumption; the fast step."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+import reprolib.methods as methods_module
+from reprolib import config as config_module
+from reprolib.cohort import Cohort, CohortError, train_cohort
+from reprolib.config import make_config
+from reprolib.devices import resolve_device
+from reprolib.errors import ReproError
+from reprolib.grids import group_cohorts
+from reprolib.methods import METHODS
+from reprolib.train import train_run
+
+# Metrics that depend on wall time or on the cohort, not on the student.
+VOLATILE = {"seconds", "train_seconds_per_student", "cohort_size"}
+
+
+@pytest.fixture(autouse=True)
+def _teacher(smoke_teacher):
+    """Every test here needs the mini smoke teacher: train it once, up front."""
+
+
+def _same(a, b) -> bool:
+    """Equal as JSON (NaN equals NaN)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _cohort_cfgs():
+    cfgs = [make_config("mini", "smoke", method="kd", contamination_rate=1.0, lambda_layer=0.0)]
+    for method in ("at", "vid", "vkd", "subdistill"):
+        for lam in (1.0, 10.0):
+            cfgs.append(make_config("mini", "smoke", method=method, contamination_rate=1.0,
+                                    lambda_layer=lam))
+    return cfgs
+
+
+def test_registry_is_the_one_list_of_methods():
+    assert tuple(METHODS) == config_module.METHODS == ("kd", "at", "vid", "vkd", "subdistill")
+    assert all(cls.name == name for name, cls in METHODS.items())
+
+
+def test_cohort_is_bitwise_identical_to_separate_runs(tmp_path):
+    cfgs = _cohort_cfgs()
+    assert len(group_cohorts(cfgs)) == 1
+    together = train_cohort(cfgs, [tmp_path / "c" / str(i) for i in range(len(cfgs))],
+                            progress=False)
+    for i, cfg in enumerate(cfgs):
+        alone = train_run(cfg, tmp_path / "s" / str(i), progress=False)
+        a, b = dict(together[i]), dict(alone)
+        assert a["cohort_size"] == len(cfgs) and b["cohort_size"] == 1
+        for k in VOLATILE:
+            a.pop(k), b.pop(k)
+        assert a == b, (cfg.method, cfg.lambda_layer)     # every metric and curve, exactly
+        on_disk = json.loads((tmp_path / "c" / str(i) / "metrics.json").read_text())
+        assert on_disk["optimizer_steps"] == cfg.epochs * on_disk["steps_per_epoch"] > 0
+        assert on_disk["precision"] == "fp32"
+        sa = torch.load(tmp_path / "c" / str(i) / "student.pt", weights_only=False)
+        sb = torch.load(tmp_path / "s" / str(i) / "student.pt", weights_only=False)
+        for part in ("student", "method"):
+            assert sa[part].keys() == sb[part].keys()
+            for k in sa[part]:
+                assert torch.equal(sa[part][k], sb[part][k]), (cfg.method, part, k)
+    # The two λ of a method are different students (the test can fail).
+    assert together[1]["curves"]["loss"] != together[2]["curves"]["loss"]
+
+
+def test_cohort_trains_only_unfinished_members(tmp_path, monkeypatch):
+    cfgs = [make_config("mini", "smoke", method=m, contamination_rate=0.0, lambda_layer=1.0)
+            for m in ("kd", "at", "vkd")]
+    dirs = [tmp_path / m for m in ("kd", "at", "vkd")]
+    first = train_cohort(cfgs[:2], dirs[:2], progress=False)
+    mtime = (dirs[0] / "metrics.json").stat().st_mtime_ns
+    built = []
+    real = Cohort._build_member
+
+    def spy(self, m):
+        built.append(m.cfg.method)
+        return real(self, m)
+
+    monkeypatch.setattr(Cohort, "_build_member", spy)
+    again = train_cohort(cfgs, dirs, progress=False)
+    assert built == ["vkd"]                                      # only the unfinished one
+    assert (dirs[0] / "metrics.json").stat().st_mtime_ns == mtime
+    assert _same(again[0], first[0]) and _same(again[1], first[1])
+    assert again[2]["config_key"] == cfgs[2].key()
+    assert _same(train_cohort(cfgs, dirs, progress=False), again) and built == ["vkd"]
+
+
+def test_configs_of_different_cells_are_refused():
+    a = make_config("mini", "smoke", method="kd", contamination_rate=0.0)
+    with pytest.raises(ReproError, match="must share"):
+        Cohort([a, a.replace(seed=2)])
+
+
+def test_nan_loss_stops_only_that_member_with_a_clear_error(tmp_path, monkeypatch):
+    real = methods_module.AttentionTransfer.pair_loss
+
+    def nan_at(self, i, s, t):
+        return real(self, i, s, t) * float("nan")
+
+    monkeypatch.setattr(methods_module.AttentionTransfer, "pair_loss", nan_at)
+    cfgs = [make_config("mini", "smoke", method=m, contamination_rate=1.0, lambda_layer=10.0)
+            for m in ("kd", "at")]
+    with pytest.raises(CohortError, match=r"at \(lambda=10\): loss term layer became NaN/inf at "
+                                          r"step 0 \(epoch 0\)") as info:
+        train_cohort(cfgs, [tmp_path / "kd", tmp_path / "at"], progress=False)
+    assert list(info.value.errors) == [1]
+    assert (tmp_path / "kd" / "metrics.json").exists()          # the other member finished
+    assert not (tmp_path / "at" / "metrics.json").exists()
+
+
+def test_huge_learning_rate_is_reported_not_written(tmp_path):
+    cfg = make_config("mini", "smoke", method="vid", contamination_rate=1.0, lr=1e30,
+                      lambda_layer=1e30)
+    with pytest.raises(ReproError, match=r"vid \(lambda=1e\+30\): loss term .* became NaN/inf at step \d+"):
+        train_run(cfg, tmp_path, progress=False)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_the_step_reads_nothing_to_the_host(monkeypatch):
+    cfgs = [make_config("mini", "smoke", method=m, contamination_rate=1.0, lambda_layer=1.0)
+            for m in ("kd", "at", "vid", "vkd", "subdistill")]
+    cohort = Cohort(cfgs)
+    batches = cohort._batches()
+    x, y, _, _ = next(batches)
+    reads = []
+    for name in ("item", "tolist", "__float__", "__bool__", "__int__", "cpu", "numpy"):
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _real=real, _name=name, **k):
+            caller = sys._getframe(1).f_code.co_filename
+            if "reprolib" in caller:        # ours, not torch's own bookkeeping (AdamW's step count)
+                reads.append(f"{_name} from {caller}")
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    before = [m.steps for m in cohort.members]
+    for _ in range(3):
+        cohort.step(x, y)
+    monkeypatch.undo()
+    assert reads == []
+    assert [m.steps for m in cohort.members] == [s + 3 for s in before]
+    cohort.close()
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("CPU") == "cpu"
+    for bad in ("gpu", "cuda:x", "cuda:-1", "cuda1", ""):
+        with pytest.raises(ReproError, match="unknown device"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ReproError, match="sees no CUDA device"):
+            resolve_device("cuda:0")
+        assert resolve_device("auto") == "cpu"
+    else:
+        assert resolve_device("cuda:0") == "cuda:0"
+        with pytest.raises(ReproError, match="does not exist"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_bf16_autocast_runs_on_the_cpu_and_is_recorded(tmp_path):
+    cfg = make_config("mini", "smoke", method="subdistill", contamination_rate=1.0, lambda_layer=1.0)
+    metrics = train_run(cfg, tmp_path, progress=False, precision="bf16")
+    assert metrics["precision"] == "bf16" and 0 <= metrics["test_accuracy"] <= 1
+    with pytest.raises(ReproError, match="unknown precision 'fp8'"):
+        train_run(cfg, tmp_path / "x", progress=False, precision="fp8")
+
+
+@pytest.mark.slow
+def test_compiled_students_train_like_eager_ones(tmp_path):
+    """compile=True (an FX feature extractor under torch.compile): same run up to rounding."""
+    cfgs = [make_config("mini", "smoke", method=m, contamination_rate=1.0, lambda_layer=1.0)
+            for m in ("kd", "subdistill")]
+    compiled = train_cohort(cfgs, [tmp_path / "c0", tmp_path / "c1"], progress=False, compile=True)
+    eager = train_cohort(cfgs, [tmp_path / "e0", tmp_path / "e1"], progress=False)
+    for c, e in zip(compiled, eager):
+        assert c["compile"] is True and e["compile"] is False
+        assert c["curves"]["loss"] == pytest.approx(e["curves"]["loss"], rel=1e-4)
