@@ -13,11 +13,13 @@ data, models and device:
     Only one student per method is timed: the λ variants of a method run the
     same step, so they take its rate.
 (b) ours: the paper world's pipeline (decode cache, loader workers, uint8
-    batches pinned and quantised/pasted/normalised on the device), bf16 autocast
-    (CUDA), channels_last, fused AdamW (CUDA), hooks registered once, loss terms
-    accumulated on the device and read once at the end, and ONE teacher forward
-    per batch shared by a cohort of students: the quick grid's cell, kd + 4
-    layer methods × 4 λ = 17 students (``--students`` for fewer).
+    batches pinned and quantised/pasted/normalised on the device) feeding
+    :class:`reprolib.cohort.Cohort` (what training runs): bf16 autocast (CUDA),
+    channels_last, fused AdamW (CUDA), hooks registered once, loss terms
+    accumulated on the device, and ONE teacher forward per batch shared by a
+    cohort of students: the quick grid's cell, kd + 4 layer methods × 4 λ = 17
+    students (``--students`` for fewer). ``--loop own`` times this script's own
+    minimal shared-teacher loop instead.
 
 Per student means: images of one student's training per second of wall time,
 the cohort's time shared equally among its students (for (a): the harmonic mean
@@ -25,13 +27,14 @@ over the 17 runs). The last line is
 
     paper-world speedup X.XX (authors A img/s, ours B img/s per student, device D)
 
-``--tiny --device cpu``: 64 px crops of ~80×60 JPEGs, narrow ResNets, a few
-steps: under a minute on 2 cores (a test runs it). ``--device cuda[:N]``: the
-real pair, a randomly initialised torchvision ResNet-101 (no weights needed for
-timing) and timm's mobilenetv4_conv_small, 224 px, about 2 minutes on one H200.
-SubDistill uses random orthonormal subspaces here (same shapes and cost as
-fitted ones). The decode cache is built before timing (it is built once per
-dataset, not per run) and its build time printed.
+``--tiny --device cpu``: 32 px crops of ~80×60 JPEGs, resnet18 → resnet18-s
+(D11's small pair), a few steps: about a minute on 2 cores (a test runs it).
+``--device cuda[:N]``: the paper's pair, a randomly initialised torchvision
+ResNet-101 (saved as a fake weights file: no download, and timing does not need
+trained weights) and timm's mobilenetv4_conv_small, 224 px, about 2 minutes on
+one H200. In (a) SubDistill uses random orthonormal subspaces (same shapes and
+cost as fitted ones); the cohort fits its own. The decode cache is built before
+timing (it is built once per dataset, not per run) and its build time printed.
 """
 
 from __future__ import annotations
@@ -49,18 +52,18 @@ import torch
 import torch.nn.functional as F
 
 from reprolib import artifacts as art
-from reprolib.config import MINI_LAYER_PAIRS, MOBILENET_LAYER_PAIRS, PAPER_SUBTASK, make_config
+from reprolib.config import PAPER_SUBTASK, make_config
 from reprolib.data import IMAGENET_MEAN, IMAGENET_STD, PaperWorld, normalize
 from reprolib.hooks import FeatureCapture, feature_shapes
 from reprolib.methods import build_method, check_finite, kd_loss, total_loss
-from reprolib.models import BlockResNet, FrozenTeacher, build_student
-from reprolib.standins import imagenet_standin, mnist_standin
+from reprolib.models import FrozenTeacher, build_student
+from reprolib.standins import fake_weights, imagenet_standin, mnist_standin
 from reprolib.subspace import RelevantSubspace
 
 LAYER_METHODS = ("at", "vid", "vkd", "subdistill")
 LAMBDAS = (1.0, 10.0, 100.0, 1000.0)
 COHORT = [("kd", 0.0)] + [(m, lam) for m in LAYER_METHODS for lam in LAMBDAS]   # 17 students
-BATCH = 32
+BATCH = 32     # the protocol's (§5); --batch changes it (plumbing checks only)
 TEMPERATURE = 4.0
 
 
@@ -88,24 +91,9 @@ def device_name(dev: torch.device) -> str:
     return f"cpu {torch.get_num_threads()} threads"
 
 
-def models(tiny: bool):
-    """(teacher factory, student factory, layer pairs)."""
-    if tiny:
-        def teacher():
-            return BlockResNet((8, 16, 32, 64), (1, 1, 1, 1), in_channels=3, num_classes=1000)
-
-        def student():
-            return BlockResNet((4, 8, 16, 32), (1, 1, 1, 1), in_channels=3, num_classes=len(PAPER_SUBTASK))
-        return teacher, student, MINI_LAYER_PAIRS
-
-    def teacher():
-        import torchvision
-
-        return torchvision.models.resnet101(weights=None)
-
-    def student():
-        return build_student("mobilenetv4_conv_small", len(PAPER_SUBTASK))
-    return teacher, student, MOBILENET_LAYER_PAIRS
+def pair(tiny: bool) -> tuple[str, str]:
+    """(teacher, student): the paper's pair, or D11's small pair for tiny runs."""
+    return ("resnet18", "resnet18-s") if tiny else ("resnet101", "mobilenetv4_conv_small")
 
 
 def random_subspaces(t_shapes, s_shapes, layers, seed: int = 0) -> list[RelevantSubspace]:
@@ -243,12 +231,12 @@ class SharedTeacherCohort:
             print(f"warning: non-finite loss (random teacher, timing only) for {', '.join(bad)}", file=sys.stderr)
 
 
-def ours_run(cohort: SharedTeacherCohort, world: PaperWorld, dev, steps: int, warmup: int) -> float:
+def ours_run(cohort: SharedTeacherCohort, world: PaperWorld, dev, steps: int, warmup: int, batch: int) -> float:
     """Data images per second of the cohort over the timed steps."""
     gen = torch.Generator().manual_seed(0)
     done, images, t0 = 0, 0, None
     while done < warmup + steps:
-        for x, _y, _d in world.batches("train", BATCH, shuffle=True, generator=gen, drop_last=True):
+        for x, _y, _d in world.batches("train", batch, shuffle=True, generator=gen, drop_last=True):
             if done == warmup:
                 _sync(dev)
                 t0 = time.perf_counter()
@@ -262,6 +250,25 @@ def ours_run(cohort: SharedTeacherCohort, world: PaperWorld, dev, steps: int, wa
     rate = images / (time.perf_counter() - t0)
     cohort.finish()
     return rate
+
+
+def cohort_run(cohort, world: PaperWorld, dev, steps: int, warmup: int, batch: int) -> float:
+    """Data images per second of :class:`reprolib.cohort.Cohort` over the timed steps."""
+    gen = torch.Generator().manual_seed(0)
+    done, images, t0 = 0, 0, None
+    while done < warmup + steps:
+        for x, y, _d in world.batches("train", batch, shuffle=True, generator=gen, drop_last=True):
+            if done == warmup:
+                _sync(dev)
+                t0 = time.perf_counter()
+            cohort.step(x, y)
+            done += 1
+            if done > warmup:
+                images += len(x)
+            if done == warmup + steps:
+                break
+    _sync(dev)
+    return images / (time.perf_counter() - t0)
 
 
 def _sync(dev: torch.device) -> None:
@@ -283,13 +290,16 @@ def main(argv=None) -> int:
     p.add_argument("--images-per-class", type=int, default=None, help="generated training JPEGs per class")
     p.add_argument("--workers", type=int, default=None, help="our loader workers (default: cores - 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--batch", type=int, default=BATCH, help=f"batch size (default {BATCH}, the protocol's)")
+    p.add_argument("--loop", default="cohort", choices=("cohort", "own"),
+                   help="ours: reprolib.cohort.Cohort (default) or this script's own minimal loop")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="ours: bf16 autocast or fp32 (auto: bf16 on CUDA, fp32 on the CPU)")
     args = p.parse_args(argv)
     if not 1 <= args.students <= len(COHORT):
         print(f"error: --students {args.students}: give 1 to {len(COHORT)}", file=sys.stderr)
         return 2
-    for name in ("steps", "warmup", "images_per_class", "workers", "threads"):
+    for name in ("steps", "warmup", "images_per_class", "workers", "threads", "batch"):
         v = getattr(args, name)
         if v is not None and v < (0 if name in ("warmup", "workers") else 1):
             print(f"error: --{name.replace('_', '-')} {v} is too small", file=sys.stderr)
@@ -304,7 +314,7 @@ def main(argv=None) -> int:
     steps = args.steps or (2 if args.tiny else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 3)
     per_class = args.images_per_class or (16 if args.tiny else 100)
-    size = 64 if args.tiny else 224
+    size = 32 if args.tiny else 224
     precision = args.precision if args.precision != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
     cohort_spec = COHORT[:args.students]
 
@@ -317,7 +327,7 @@ def main(argv=None) -> int:
         mnist = mnist_standin(tmp / "mnist", count=100)
         os.environ["REPROLIB_IMAGENET"], os.environ["REPROLIB_MNIST"] = str(imagenet), str(mnist)
         print(f"data: {5 * per_class} training JPEGs ({'~80×60' if args.tiny else 'ImageNet sizes'}) "
-              f"generated in {time.perf_counter() - t0:.1f} s; crops {size} px, batch {BATCH}")
+              f"generated in {time.perf_counter() - t0:.1f} s; crops {size} px, batch {args.batch}")
         cfg = make_config("paper", "quick", image_size=size, artifact_size=size // 4,
                           contamination_rate=1.0, pool_per_class=None, test_per_class=None)
         world = PaperWorld(cfg.data, 1, num_workers=args.workers, device=dev)
@@ -326,21 +336,32 @@ def main(argv=None) -> int:
         print(f"ours: decode cache of the pool built in {time.perf_counter() - t0:.1f} s "
               f"with {world.num_workers} loader workers (once per dataset, not timed)")
 
-        make_teacher, make_student, pairs = models(args.tiny)
-        torch.manual_seed(0)
-        teacher = FrozenTeacher(make_teacher(), PAPER_SUBTASK).to(dev)
+        teacher_name, student_name = pair(args.tiny)
+        weights = fake_weights(tmp / f"{teacher_name}-fake.pth", teacher_name)
+        cfgs = [make_config("paper", "quick", method=m, lambda_layer=lam, contamination_rate=1.0,
+                            image_size=size, artifact_size=size // 4, pool_per_class=None,
+                            test_per_class=None, batch_size=args.batch, teacher=teacher_name,
+                            student=student_name, teacher_weights=str(weights))
+                for m, lam in COHORT]
+        pairs = cfgs[-1].layer_pairs
+
+        def make_student():
+            return build_student(student_name, len(PAPER_SUBTASK))
+        from reprolib.teacher import build_teacher
+
+        teacher = build_teacher(cfgs[0], progress=False).to(dev)
         t_paths, s_paths = [t for t, _ in pairs], [s for _, s in pairs]
         shape = (3, size, size)
         t_shapes = list(feature_shapes(teacher.model, t_paths, shape).values())
         s_shapes = list(feature_shapes(make_student().to(dev), s_paths, shape).values())
         subspaces = random_subspaces(t_shapes, s_shapes, t_paths)
-        print(f"models: teacher {'tiny ResNet' if args.tiny else 'resnet101 (random init)'}, "
-              f"student {'tiny ResNet' if args.tiny else 'mobilenetv4_conv_small'}; device {device_name(dev)}")
+        print(f"models: teacher {teacher_name} (random init), student {student_name}; "
+              f"device {device_name(dev)}")
 
         # (a) the authors: one run per student, one student per method timed.
         loader = torch.utils.data.DataLoader(
             AuthorsDataset(imagenet / "train", size, world.bank, cfg.data.artifact_corner),
-            batch_size=BATCH, shuffle=True, num_workers=0, drop_last=True)
+            batch_size=args.batch, shuffle=True, num_workers=0, drop_last=True)
         rates_a = {}
         for method in ["kd", *LAYER_METHODS]:
             s = Student(method, 1.0, make_student, t_shapes, s_shapes, subspaces, dev, ours=False, seed=1)
@@ -354,18 +375,39 @@ def main(argv=None) -> int:
         print(f"    17 runs of the quick grid's cell: {per_student_a:.1f} img/s per student (harmonic mean)")
 
         # (b) ours: one cohort, one teacher forward per batch.
-        teacher.to(memory_format=torch.channels_last)
-        students = [Student(m, lam, make_student, t_shapes, s_shapes, subspaces, dev, ours=True, seed=1 + i)
-                    for i, (m, lam) in enumerate(cohort_spec)]
-        cohort = SharedTeacherCohort(students, teacher, t_paths, s_paths, dev, precision)
-        data_rate = ours_run(cohort, world, dev, steps, warmup)
-        per_student_b = data_rate * len(students)
-        note = "" if len(students) == len(COHORT) else f" (fewer than the grid's {len(COHORT)}: --students)"
-        print(f"(b) ours, {precision} channels_last, decode cache + {world.num_workers} workers, paste on "
-              f"{dev.type}, {'fused ' if dev.type == 'cuda' else ''}AdamW, cohort of {len(students)} "
+        loop = args.loop
+        if loop == "cohort":
+            try:
+                from reprolib.cohort import Cohort
+            except ImportError:
+                print("note: reprolib.cohort is not there; timing this script's own shared-teacher loop")
+                loop = "own"
+        if loop == "cohort":
+            del teacher
+            cohort = Cohort(cfgs[:args.students], dev, world=world, precision=precision)
+            failed = [m for m in cohort.members if m.error]
+            if failed:
+                for m in failed:
+                    print(f"error: cohort member {m.label}: {m.error}", file=sys.stderr)
+                return 1
+            n_students = len(cohort.active)
+            data_rate = cohort_run(cohort, world, dev, steps, warmup, args.batch)
+            cohort.close()
+        else:
+            teacher.to(memory_format=torch.channels_last)
+            students = [Student(m, lam, make_student, t_shapes, s_shapes, subspaces, dev, ours=True, seed=1 + i)
+                        for i, (m, lam) in enumerate(cohort_spec)]
+            n_students = len(students)
+            data_rate = ours_run(SharedTeacherCohort(students, teacher, t_paths, s_paths, dev, precision),
+                                 world, dev, steps, warmup, args.batch)
+        per_student_b = data_rate * n_students
+        note = "" if n_students == len(COHORT) else f" (fewer than the grid's {len(COHORT)}: --students)"
+        print(f"(b) ours ({'reprolib.cohort.Cohort' if loop == 'cohort' else 'own loop'}), {precision} "
+              f"channels_last, decode cache + {world.num_workers} workers, paste on {dev.type}, "
+              f"{'fused ' if dev.type == 'cuda' else ''}AdamW, cohort of {n_students} "
               f"students{note}, {steps} timed steps:")
         print(f"    cohort     {data_rate:9.1f} img/s of data, every student trained on each")
-        print(f"    per student{per_student_b:9.1f} img/s (the cohort's time shared by {len(students)})")
+        print(f"    per student{per_student_b:9.1f} img/s (the cohort's time shared by {n_students})")
         world.close()
     speedup = per_student_b / per_student_a
     print(f"paper-world speedup {speedup:.2f} (authors {per_student_a:.1f} img/s, "

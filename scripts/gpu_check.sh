@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The GPU check of issue 12, in one go, from the repository root:
 #
-#   scripts/gpu_check.sh [--device cuda|cuda:N|cpu] [--tiny] [--steps N] [--students N] [--setup-only]
+#   scripts/gpu_check.sh [--device cuda|cuda:N|cpu] [--tiny] [--steps N] [--students N]
+#                        [--venv full|minimal] [--setup-only]
 #
 # 1. the machine: nvidia-smi and torch's view of the device;
 # 2. Python: $PY if set, else .venv/bin/python, else `make venv` (about 7 min
-#    with PyTorch's CUDA wheels; --setup-only stops after it, so that a lent
-#    machine can do the install in one call and the check in the next);
+#    with PyTorch's CUDA wheels), or with --venv minimal only what the check
+#    needs (torch, torchvision, timm, numpy, scikit-learn, pandas, tqdm at the
+#    versions pinned in requirements.txt; reprolib from PYTHONPATH; `make venv`
+#    completes it later); --setup-only stops after this step, so that a lent
+#    machine can do the install in one call and the check in the next;
 # 3. stand-in data in a temporary folder (reprolib.standins: an ImageFolder tree
 #    of small JPEGs, MNIST idx files, fake resnet18 weights; a random
 #    Fashion-MNIST stand-in when the real one is not on the machine) and a
@@ -28,17 +32,23 @@ set -euo pipefail
 DEVICE=cuda
 TINY=0
 SETUP_ONLY=0
+VENV_KIND=full
 BENCH_ARGS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --device) DEVICE="${2:?--device needs a value: cpu, cuda or cuda:N}"; shift 2 ;;
     --tiny) TINY=1; shift ;;
     --setup-only) SETUP_ONLY=1; shift ;;
+    --venv) VENV_KIND="${2:?--venv needs full or minimal}"; shift 2 ;;
     --steps|--students) BENCH_ARGS+=("$1" "${2:?$1 needs a number}"); shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1; see scripts/gpu_check.sh --help" >&2; exit 2 ;;
   esac
 done
+case "$VENV_KIND" in
+  full|minimal) ;;
+  *) echo "error: --venv $VENV_KIND: choose full or minimal" >&2; exit 2 ;;
+esac
 case "$DEVICE" in
   cpu|cuda|cuda:[0-9]|cuda:[0-9][0-9]) ;;
   *) echo "error: --device $DEVICE: choose cpu, cuda or cuda:N" >&2; exit 2 ;;
@@ -103,12 +113,26 @@ setup_python() {
   elif [[ -x .venv/bin/python ]]; then
     PY=.venv/bin/python
     echo "using $PY"
-  else
+  elif [[ $VENV_KIND == full ]]; then
     echo "no .venv: make venv (PyTorch's CUDA wheels: several minutes)"
+    # Python >= 3.12 venvs lack setuptools, which make venv's editable install needs.
+    "${PYTHON:-python3}" -m venv .venv || return
+    .venv/bin/python -m pip install --quiet --upgrade pip "setuptools>=61" || return
     make venv || return
     PY=.venv/bin/python
+  else
+    echo "no .venv: a minimal one for this check (PyTorch's CUDA wheels: a few minutes)"
+    local pins
+    pins=$(grep -E '^(torch|torchvision|timm|numpy|scikit-learn|pandas|tqdm)([=<>!~ ]|$)' requirements.txt) || return
+    "${PYTHON:-python3}" -m venv .venv || return
+    .venv/bin/python -m pip install --quiet --upgrade pip || return
+    # shellcheck disable=SC2086
+    .venv/bin/python -m pip install --quiet $pins || return
+    # reprolib itself comes from PYTHONPATH (this working tree), below.
+    PY=.venv/bin/python
   fi
-  "$PY" -c 'import torch, torchvision, timm, numpy, sklearn, pandas, tqdm' || {
+  "$PY" --version
+  "$PY" -c 'import torch, torchvision, timm, numpy, sklearn, pandas, tqdm, PIL' || {
     echo "$PY lacks a required package; run make venv or pip install -r requirements.txt" >&2; return 1; }
 }
 step "python" setup_python

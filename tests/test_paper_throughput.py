@@ -39,6 +39,7 @@ def test_tiny_benchmark_prints_the_speedup_line_last():
     assert authors > 0 and ours > 0 and abs(speedup - ours / authors) < 0.01 + 0.01 * speedup
     assert m.group(4).startswith("cpu")
     assert "cohort of 5 students (fewer than the grid's 17: --students)" in res.stdout
+    assert "(b) ours (reprolib.cohort.Cohort)" in res.stdout
     for method in ("kd", "at", "vid", "vkd", "subdistill"):
         assert re.search(rf"^    {method} +\d+\.\d img/s per student$", res.stdout, re.M), method
 
