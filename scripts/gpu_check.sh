@@ -5,12 +5,14 @@
 #                        [--venv full|minimal] [--setup-only]
 #
 # 1. the machine: nvidia-smi and torch's view of the device;
-# 2. Python: $PY if set, else .venv/bin/python, else `make venv` (about 7 min
-#    with PyTorch's CUDA wheels), or with --venv minimal only what the check
-#    needs (torch, torchvision, timm, numpy, scikit-learn, pandas, tqdm at the
-#    versions pinned in requirements.txt; reprolib from PYTHONPATH; `make venv`
-#    completes it later); --setup-only stops after this step, so that a lent
-#    machine can do the install in one call and the check in the next;
+# 2. Python: $PY if set, else a finished .venv, else python3 when it already
+#    has every package the check needs (the lent H200 machines' image does:
+#    PyTorch, timm, pandas, scikit-learn; those machines cannot reach pip's
+#    registry), else `make venv` (about 7 min with PyTorch's CUDA wheels) or,
+#    with --venv minimal, only what the check needs (torch, torchvision, timm,
+#    numpy, scikit-learn, pandas, tqdm as pinned in requirements.txt). reprolib
+#    always comes from this working tree (PYTHONPATH). --setup-only stops after
+#    this step;
 # 3. stand-in data in a temporary folder (reprolib.standins: an ImageFolder tree
 #    of small JPEGs, MNIST idx files, fake resnet18 weights; a random
 #    Fashion-MNIST stand-in when the real one is not on the machine) and a
@@ -25,8 +27,9 @@
 # Every step is timed; the end is a PASS/FAIL table, exit status 0 only when
 # all passed. (Inside the step functions errexit is off, as in any `cmd || ...`
 # context: each command that matters ends in `|| return`.) --tiny (for the CPU: `scripts/gpu_check.sh --device cpu --tiny`)
-# shrinks the images and the benchmark. Needs no internet except pip (for the
-# venv). On one H200 with 16 cores the check takes about 3-4 minutes after the venv.
+# shrinks the images and the benchmark. Needs no internet except pip (for a
+# venv, when no python has the packages). On one H200 with 16 cores the check
+# should take about 3-4 minutes (estimated; not yet run on one).
 set -euo pipefail
 
 DEVICE=cuda
@@ -107,21 +110,26 @@ machine() {
 step "machine" machine
 
 # --- 2. Python -------------------------------------------------------------
+NEEDED='import torch, torchvision, timm, numpy, sklearn, pandas, tqdm, PIL'
 setup_python() {
   if [[ -n "${PY:-}" ]]; then
     echo "using PY=$PY"
-  elif [[ -x .venv/bin/python ]]; then
+  elif [[ -x .venv/bin/python && ( -e .venv/.reprolib-installed || -e .venv/.gpu-check-installed ) ]]; then
     PY=.venv/bin/python
     echo "using $PY"
+  elif command -v python3 >/dev/null && python3 -c "$NEEDED" 2>/dev/null; then
+    # The lent GPU machines' image: python3 holds PyTorch, timm, pandas, scikit-learn...
+    PY=python3
+    echo "using $(command -v python3): it has every package the check needs (no install)"
   elif [[ $VENV_KIND == full ]]; then
-    echo "no .venv: make venv (PyTorch's CUDA wheels: several minutes)"
+    echo "no usable python: make venv (needs pip's registry; PyTorch's CUDA wheels: several minutes)"
     # Python >= 3.12 venvs lack setuptools, which make venv's editable install needs.
     "${PYTHON:-python3}" -m venv .venv || return
     .venv/bin/python -m pip install --quiet --upgrade pip "setuptools>=61" || return
     make venv || return
     PY=.venv/bin/python
   else
-    echo "no .venv: a minimal one for this check (PyTorch's CUDA wheels: a few minutes)"
+    echo "no usable python: a minimal .venv for this check (needs pip's registry)"
     local pins
     pins=$(grep -E '^(torch|torchvision|timm|numpy|scikit-learn|pandas|tqdm)([=<>!~ ]|$)' requirements.txt) || return
     "${PYTHON:-python3}" -m venv .venv || return
@@ -129,11 +137,13 @@ setup_python() {
     # shellcheck disable=SC2086
     .venv/bin/python -m pip install --quiet $pins || return
     # reprolib itself comes from PYTHONPATH (this working tree), below.
+    touch .venv/.gpu-check-installed
     PY=.venv/bin/python
   fi
   "$PY" --version
-  "$PY" -c 'import torch, torchvision, timm, numpy, sklearn, pandas, tqdm, PIL' || {
-    echo "$PY lacks a required package; run make venv or pip install -r requirements.txt" >&2; return 1; }
+  "$PY" -c "$NEEDED" || {
+    echo "$PY lacks a required package ($NEEDED); run make venv or pip install -r requirements.txt" >&2; return 1; }
+  "$PY" -c 'import torch, torchvision, timm; print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}")'
 }
 step "python" setup_python
 if [[ ${RESULTS[-1]} != PASS ]]; then summary; exit 1; fi
