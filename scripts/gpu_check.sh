@@ -150,6 +150,22 @@ if [[ ${RESULTS[-1]} != PASS ]]; then summary; exit 1; fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"   # this working tree, whatever is installed
 if [[ $SETUP_ONLY == 1 ]]; then summary; exit $?; fi
 
+# Loader workers pass batches through /dev/shm (up to ~20 MB each at 224 px);
+# a small /dev/shm (containers often give 64 MB) means fewer workers, not a crash.
+if [[ -z ${REPROLIB_LOADER_WORKERS:-} ]]; then
+  shm_mb=$(df -Pm /dev/shm 2>/dev/null | awk 'NR == 2 {print $4}') || shm_mb=""
+  if [[ -z $shm_mb ]]; then
+    export REPROLIB_LOADER_WORKERS=0
+    echo "note: no /dev/shm: loader workers off (REPROLIB_LOADER_WORKERS=0)"
+  elif (( shm_mb < 1024 )); then
+    w=$(( shm_mb / 64 )); n=$(( $(nproc) - 1 )); (( w > n )) && w=$n
+    export REPROLIB_LOADER_WORKERS=$w
+    echo "note: /dev/shm has $shm_mb MB free: REPROLIB_LOADER_WORKERS=$w"
+  else
+    echo "/dev/shm: $shm_mb MB free"
+  fi
+fi
+
 torch_view() {
   "$PY" - "$DEVICE" <<'EOF'
 import sys, torch
