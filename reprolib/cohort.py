@@ -230,6 +230,8 @@ class Cohort:
         # The shared part, in the order prepare() builds it for a separate run.
         seed_everything(cfg0.seed)
         self.world = world or build_world(cfg0.data, cfg0.seed)
+        if hasattr(self.world, "device"):   # the paper world pastes digits on this device
+            self.world.device = self.dev
         self.teacher = build_teacher(cfg0, progress=progress).to(self.dev)
         with torch.no_grad():
             out = self.teacher(torch.zeros(1, *self.world.input_shape, device=self.dev))
