@@ -114,7 +114,7 @@ def main(argv=None) -> int:
             "steps_long": int(runs[(runs["method"] == m) & (runs["factor"] == args.factor)]["optimizer_steps"].iloc[0]),
             "test_mean": float(q["mean"]), "test_std": _finite(q["std"]),
             "test_mean_long": float(lg["mean"]), "test_std_long": _finite(lg["std"]),
-            "long_minus_quick": diff, "converged": bool(diff <= args.tolerance),
+            "long_minus_quick": diff, "converged": bool(abs(diff) <= args.tolerance),
         })
     table = pd.DataFrame(table)
     out.mkdir(parents=True, exist_ok=True)
