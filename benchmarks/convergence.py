@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("--tolerance", type=float, default=0.02)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--workers", type=int, default=1,
+                   help="cohorts trained at once in separate processes (default 1)")
     p.add_argument("--teacher-recipe", default=None, help="e.g. smoke (tests only)")
     p.add_argument("--out", default=None, help="default: $REPROLIB_CACHE/convergence/<world>-<preset>")
     args = p.parse_args(argv)
@@ -80,24 +82,37 @@ def main(argv=None) -> int:
     rows = []
     start = time.time()
     try:
+        jobs, cells = [], []
         for factor in (1, args.factor):
             for seed in args.seeds:
                 cfgs = [config(m, seed, factor) for m in methods]
                 dirs = [sweep.run_dir_for(out, c) for c in cfgs]
+                cells.append((seed, factor, cfgs, dirs))
                 todo = [(c, d) for c, d in zip(cfgs, dirs) if sweep.check_run(d, c.key()) is not None]
                 if todo:
-                    print(f"training {len(todo)} students: seed {seed}, {optimizer_steps(cfgs[0])} steps",
-                          file=sys.stderr, flush=True)
                     for _c, d in todo:
                         d.mkdir(parents=True, exist_ok=True)
-                    train_cohort([c for c, _ in todo], [d for _, d in todo], device=args.device,
-                                 progress=False, threads=args.threads)
-                for c, d in zip(cfgs, dirs):
-                    metrics = json.loads((d / "metrics.json").read_text())
-                    rows.append({"method": c.method, "seed": seed, "factor": factor,
-                                 "lambda_layer": c.lambda_layer, "optimizer_steps": optimizer_steps(c),
-                                 "test_accuracy": metrics["test_accuracy"],
-                                 "best_epoch": metrics["best_epoch"], "epochs": c.epochs})
+                    jobs.append(([c for c, _ in todo], [d for _, d in todo]))
+        print(f"{len(jobs)} cohorts to train ({sum(len(c) for c, _ in jobs)} students), "
+              f"{args.workers} at a time on {args.device}", file=sys.stderr, flush=True)
+        kwargs = dict(device=args.device, progress=False, threads=args.threads)
+        if args.workers > 1 and len(jobs) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for f in [pool.submit(train_cohort, c, d, **kwargs) for c, d in jobs]:
+                    f.result()
+        else:
+            for c, d in jobs:
+                train_cohort(c, d, **kwargs)
+        for seed, factor, cfgs, dirs in cells:
+            for c, d in zip(cfgs, dirs):
+                metrics = json.loads((d / "metrics.json").read_text())
+                rows.append({"method": c.method, "seed": seed, "factor": factor,
+                             "lambda_layer": c.lambda_layer, "optimizer_steps": optimizer_steps(c),
+                             "test_accuracy": metrics["test_accuracy"],
+                             "best_epoch": metrics["best_epoch"], "epochs": c.epochs})
     except ReproError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
