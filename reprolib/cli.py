@@ -13,6 +13,7 @@ import sys
 
 from .errors import ReproError
 from .io import check_output_dir, check_threads, print_json
+from .devices import DEVICE_HELP
 
 
 def _print_json(obj) -> None:
@@ -156,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--teacher", default=None)
     train.add_argument("--student", default=None)
     train.add_argument("--teacher-weights", dest="teacher_weights", default=None)
-    train.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    train.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default auto)")
     train.add_argument("--threads", type=int, default=None)
     train.add_argument("--out", required=True, help="run folder (metrics.json, student.pt)")
     train.add_argument("--quiet", action="store_true")
