@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -16,6 +17,7 @@ from reprolib.devices import resolve_device
 from reprolib.errors import ReproError
 from reprolib.grids import group_cohorts
 from reprolib.methods import METHODS
+from reprolib.models import build_student
 from reprolib.train import train_run
 
 # Metrics that depend on wall time or on the cohort, not on the student.
@@ -184,3 +186,27 @@ def test_compiled_students_train_like_eager_ones(tmp_path):
     for c, e in zip(compiled, eager):
         assert c["compile"] is True and e["compile"] is False
         assert c["curves"]["loss"] == pytest.approx(e["curves"]["loss"], rel=1e-4)
+
+
+def test_validation_every_n_epochs_and_the_paired_validation_sets(tmp_path):
+    """val_every: checkpoints are chosen only at validated epochs (and the last);
+    the two validation sets evaluated as one union give exactly the accuracies of
+    evaluating each set whole."""
+    from reprolib.cohort import _EvalSet, _PairedEvalSet
+    from reprolib.data import build_world
+
+    cfg = make_config("mini", "smoke", method="kd", contamination_rate=1.0, epochs=5, val_every=2)
+    metrics = train_run(cfg, tmp_path / "run", progress=False)
+    assert metrics["curves"]["val_epoch"] == [1, 3, 4]
+    assert len(metrics["curves"]["val_accuracy"]) == 3 and len(metrics["curves"]["loss"]) == 5
+    assert metrics["best_epoch"] in (1, 3, 4) and metrics["nonoracle_best_epoch"] in (1, 3, 4)
+
+    world = build_world(cfg.data, cfg.seed)
+    torch.manual_seed(0)
+    model = build_student(cfg.student, world.num_classes)
+    paired = _PairedEvalSet(world, "val", "val_correlated", torch.device("cpu"))
+    assert 0 < int(paired.differs.sum()) < len(paired.differs)   # rho = 1: some digits agree
+    no_autocast = contextlib.nullcontext
+    whole = [_EvalSet(world, s, torch.device("cpu")).accuracy(model, no_autocast)
+             for s in ("val", "val_correlated")]
+    assert paired.accuracies(model, no_autocast) == tuple(whole)
