@@ -75,6 +75,9 @@ def collect_results(cells: Iterable[RunConfig], out_dir: str | os.PathLike) -> "
             "train_per_class": None if sizes["train"] is None else round(sizes["train"] / k),
             "student": cfg.student,
             **{name: m.get(name) for name in METRIC_COLUMNS},
+            # A cohort's students share its wall time (metrics.json's "seconds"); the
+            # table gives each run its share, so that summing the column gives wall time.
+            "seconds": _share(m.get("seconds"), m.get("cohort_size")),
             "run_dir": str(Path("runs") / key),
             "world": cfg.data.world,
             "preset": cfg.preset,
@@ -82,6 +85,13 @@ def collect_results(cells: Iterable[RunConfig], out_dir: str | os.PathLike) -> "
             **{name: m.get(name) for name in OPTIONAL_METRIC_COLUMNS},
         })
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+
+def _share(seconds, cohort_size):
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return seconds
+    size = cohort_size if isinstance(cohort_size, int) and cohort_size > 0 else 1
+    return seconds / size
 
 
 def write_results(results: "pd.DataFrame", out_dir: str | os.PathLike) -> None:

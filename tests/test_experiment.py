@@ -88,3 +88,11 @@ def test_paper_world_plan_says_what_it_cannot_know():
     assert plan["optimizer_steps_per_run"] is None and plan["train_images"] is None
     assert 0 < plan["k_over_d"] <= 0.25   # resnet101 -> mobilenetv4_conv_small
     assert make_config("paper", "quick").student == "mobilenetv4_conv_small"
+
+
+def test_results_give_each_cohort_member_its_share_of_the_wall_time():
+    from reprolib.results import _share
+
+    assert _share(170.0, 17) == 10.0
+    assert _share(12.5, None) == 12.5 and _share(12.5, 0) == 12.5   # older runs: no cohort size
+    assert _share(None, 17) is None
