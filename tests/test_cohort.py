@@ -63,8 +63,8 @@ def test_cohort_is_bitwise_identical_to_separate_runs(tmp_path):
         on_disk = json.loads((tmp_path / "c" / str(i) / "metrics.json").read_text())
         assert on_disk["optimizer_steps"] == cfg.epochs * on_disk["steps_per_epoch"] > 0
         assert on_disk["precision"] == "fp32"
-        sa = torch.load(tmp_path / "c" / str(i) / "student.pt", weights_only=False)
-        sb = torch.load(tmp_path / "s" / str(i) / "student.pt", weights_only=False)
+        sa = torch.load(tmp_path / "c" / str(i) / "student.pt", weights_only=True)
+        sb = torch.load(tmp_path / "s" / str(i) / "student.pt", weights_only=True)
         for part in ("student", "method"):
             assert sa[part].keys() == sb[part].keys()
             for k in sa[part]:

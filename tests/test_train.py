@@ -61,7 +61,7 @@ def test_mini_smoke_run_of_every_method(tmp_path, method):
     # The saved student reproduces the reported test accuracy.
     pred, y, _ = predict(student, world, "test", torch.device("cpu"))
     assert float((pred == y).float().mean()) == pytest.approx(on_disk["test_accuracy"])
-    saved = torch.load(tmp_path / "student.pt", weights_only=False)
+    saved = torch.load(tmp_path / "student.pt", weights_only=True)
     assert saved["config_key"] == cfg.key()
     if method == "kd":
         assert on_disk["curves"]["layer"] == [0.0, 0.0]
@@ -70,7 +70,7 @@ def test_mini_smoke_run_of_every_method(tmp_path, method):
         assert all(v != 0 for v in on_disk["curves"]["layer"])   # the layer term is in the loss
         assert len(saved["method"]) > 0 or method == "at"
     if method == "subdistill":
-        assert on_disk["subspace_cache"] and torch.load(on_disk["subspace_cache"], weights_only=False)
+        assert on_disk["subspace_cache"] and torch.load(on_disk["subspace_cache"], weights_only=True)
 
 
 @pytest.mark.parametrize("method", ["vid", "subdistill"])
@@ -81,8 +81,8 @@ def test_same_config_and_seed_give_identical_runs(tmp_path, method):
     for k in ("test_accuracy", "val_accuracy", "best_epoch", "nonoracle_test_accuracy", "predicts_digit",
               "curves", "teacher_test_accuracy"):
         assert a[k] == b[k], k
-    sa = torch.load(tmp_path / "a" / "student.pt", weights_only=False)
-    sb = torch.load(tmp_path / "b" / "student.pt", weights_only=False)
+    sa = torch.load(tmp_path / "a" / "student.pt", weights_only=True)
+    sb = torch.load(tmp_path / "b" / "student.pt", weights_only=True)
     for k in sa["student"]:
         assert torch.equal(sa["student"][k], sb["student"][k]), k
     # Another seed is another run.
