@@ -15,10 +15,8 @@
 from __future__ import annotations
 
 import atexit
-import gzip
 import os
 import shutil
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +43,8 @@ VAL_PER_CLASS = 4
 JPEG_SIZE = (48, 40)          # PIL size: width, height
 MNIST_COUNT = 60
 
+from reprolib.standins import write_idx  # noqa: E402  (the stand-ins' idx writer)
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array in the idx format (magic 0x0000 0x08 ndim, big-endian dims)."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as fh:
-        fh.write(header + array.tobytes())
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from _fake_runner import fake_train_run  # noqa: E402
-from conftest import write_idx  # noqa: E402
+from reprolib.standins import write_idx  # noqa: E402
 
 from reprolib import cli, io  # noqa: E402
 from reprolib.errors import ReproError  # noqa: E402
