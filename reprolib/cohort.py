@@ -122,12 +122,8 @@ class _EvalSet:
     """A whole evaluation split on the device, in fixed batches (built once per cohort)."""
 
     def __init__(self, world: World, split: str, dev: torch.device, batch_size: int = EVAL_BATCH):
-        xs, ys, ds = [], [], []
-        for x, y, d in world.batches(split, batch_size):
-            xs.append(_fast(x, dev))
-            ys.append(y)
-            ds.append(d)
-        self.xs, self.y, self.d = xs, torch.cat(ys), torch.cat(ds)
+        x, self.y, self.d = _whole(world, split)
+        self.xs = [_fast(x[i:i + batch_size], dev) for i in range(0, len(x), batch_size)]
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, autocast) -> torch.Tensor:
