@@ -29,19 +29,22 @@ def test_mini_smoke_preset_and_world_defaults():
     assert (cfg.teacher, cfg.student, cfg.layer_pairs) == ("mini-teacher", "mini-student", MINI_LAYER_PAIRS)
     # The protocol's constants (D3, D6, §1.2, §5) are not preset knobs.
     assert (d.contamination_rate, d.val_digits, d.train_fraction, d.val_fraction) == (0.0, "random", 0.8, 0.2)
-    assert (cfg.temperature, cfg.lambda_task, cfg.lr, cfg.lr_gamma, cfg.weight_decay) == (4.0, 0.0, 1e-3, 0.5, 0.0)
+    assert (cfg.temperature, cfg.lambda_task, cfg.lr, cfg.lr_gamma, cfg.weight_decay) == (4.0, 0.0, 1e-2, 0.5, 0.0)
     assert (cfg.method, cfg.seed, cfg.student_norm, cfg.vid_variance) == ("kd", 1, "standardize", "learned")
 
 
 @pytest.mark.parametrize("preset, pool, test, epochs, step, batch, val_every", [
-    ("quick", 250, 500, 100, 25, 32, 2),
-    ("full", 250, None, 100, 25, 32, 1),
+    ("quick", 250, 500, 200, 50, 32, 4),
+    ("full", 250, None, 200, 50, 32, 1),
 ])
 def test_mini_quick_and_full_presets(preset, pool, test, epochs, step, batch, val_every):
     cfg = make_config("mini", preset)
     assert (cfg.data.pool_per_class, cfg.data.test_per_class) == (pool, test)
     assert (cfg.epochs, cfg.lr_step, cfg.batch_size, cfg.preset, cfg.val_every) == (
         epochs, step, batch, preset, val_every)
+    # The mini world's rate (book/decisions.md, "the mini world's recipe"); the paper
+    # world keeps the paper's 1e-3 (§5).
+    assert cfg.lr == 1e-2 and make_config("paper", preset).lr == 1e-3
     assert cfg.teacher_recipe == "standard"
     assert cfg.student == "mini-student"
 
@@ -55,7 +58,7 @@ def test_quick_preset_budget_in_optimiser_steps():
     sizes = split_sizes(cfg.data)
     assert sizes == {"pool": 1250, "train": 200, "val": 250, "test": 2500}
     assert steps_per_epoch(cfg) == 6          # 200 // 32, the last batch dropped
-    assert optimizer_steps(cfg) == 600
+    assert optimizer_steps(cfg) == 1200
     # The sizes are those the world really builds (same random_split).
     from reprolib.data import train_val_split
 

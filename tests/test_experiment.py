@@ -46,7 +46,7 @@ def test_ablation_dry_run_reports_the_wide_pair():
 
 def test_calibration_holds_the_step_budget_fixed():
     cells = expand_grid("calibration")
-    assert {optimizer_steps(c) for c in cells} == {600}
+    assert {optimizer_steps(c) for c in cells} == {1200}
     assert {split_sizes(c.data)["val"] for c in cells} == {250}
     trains = sorted({split_sizes(c.data)["train"] for c in cells})
     assert [round(t / 5) for t in trains] == [20, 40, 80, 160]
