@@ -6,12 +6,19 @@ of the same configuration trained with 3x the optimiser steps (epochs, the rate
 schedule and the validation interval all scaled by 3; data, batch and λ the same).
 
     python benchmarks/convergence.py [--preset quick] [--factor 3] [--seeds 1 2 3]
-        [--sweep DIR | --lambda 100] [--device cpu] [--out DIR]
+        [--sweep DIR | --lambda 100] [--reuse DIR] [--lr LR] [--scale S]
+        [--device cpu] [--out DIR]
 
 λ per layer method: the value that the quick sweep in ``--sweep DIR`` selected
 at this ρ (oracle rule), else ``--lambda`` for every layer method. Each seed's
 students (every method) train as one cohort: one teacher forward per batch.
-Finished runs in ``--out`` are reused. Prints a table, writes
+Finished runs in ``--out`` are reused, and so are the preset's own runs
+finished in a sweep folder given as ``--reuse`` (the quick sweep trains exactly
+the ρ = 0 runs at λ ∈ {1, 10, 100, 1000} that this benchmark compares).
+``--lr`` and ``--scale`` (a multiplier of the preset's epochs, rate step and
+validation interval) run the same comparison for another recipe: this is how
+the quick preset's learning rate and budget were chosen (book/decisions.md,
+"the quick preset's recipe"). Prints a table, writes
 ``convergence.csv`` and ``convergence.json`` into ``--out``, and, last, one line:
 ``convergence: N of M methods within 2 points of 3x the steps``.
 """
@@ -40,6 +47,11 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", default=None, help="a quick sweep folder: use the λ it selected")
     p.add_argument("--lambda", dest="lam", type=float, default=100.0,
                    help="λ of every layer method when --sweep is not given (default: 100, the authors' default)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply the preset's epochs, rate step and validation interval (default 1)")
+    p.add_argument("--reuse", default=None,
+                   help="a sweep folder whose finished runs of the same configs are read, not retrained")
     p.add_argument("--tolerance", type=float, default=0.02)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -60,6 +72,15 @@ def main(argv=None) -> int:
     if args.factor < 2:
         print("error: --factor must be at least 2 (the long runs take factor x the steps)", file=sys.stderr)
         return 2
+    if not 0 < args.scale < 100:
+        print(f"error: --scale {args.scale} must be in (0, 100): it multiplies the preset's epochs", file=sys.stderr)
+        return 2
+    if args.lr is not None and not 0 < args.lr < 1:
+        print(f"error: --lr {args.lr} must be in (0, 1)", file=sys.stderr)
+        return 2
+    if args.reuse and not Path(args.reuse).is_dir():
+        print(f"error: --reuse {args.reuse} is not a folder; give a sweep's output folder", file=sys.stderr)
+        return 2
     methods = tuple(args.methods or METHODS)
     lambdas = {m: (0.0 if m == "kd" else args.lam) for m in methods}
     if args.sweep:
@@ -71,28 +92,42 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else cache_dir("convergence") / f"{args.world}-{args.preset}"
     extra = {"teacher_recipe": args.teacher_recipe} if args.teacher_recipe else {}
 
+    if args.lr is not None:
+        extra["lr"] = args.lr
+
+    def scaled(cfg, f):
+        return cfg.replace(epochs=max(1, round(cfg.epochs * f)), lr_step=max(1, round(cfg.lr_step * f)),
+                           val_every=max(1, round(cfg.val_every * f)))
+
     def config(method, seed, factor):
         base = make_config(args.world, args.preset, method=method, seed=seed,
                            contamination_rate=args.rho, lambda_layer=lambdas[method], **extra)
-        if factor == 1:
-            return base
-        return base.replace(epochs=base.epochs * factor, lr_step=base.lr_step * factor,
-                            val_every=base.val_every * factor)
+        if args.scale != 1:
+            base = scaled(base, args.scale)
+        return base if factor == 1 else scaled(base, factor)
 
     rows = []
     start = time.time()
     try:
-        jobs, cells = [], []
-        for factor in (1, args.factor):
-            for seed in args.seeds:
-                cfgs = [config(m, seed, factor) for m in methods]
-                dirs = [sweep.run_dir_for(out, c) for c in cfgs]
-                cells.append((seed, factor, cfgs, dirs))
-                todo = [(c, d) for c, d in zip(cfgs, dirs) if sweep.check_run(d, c.key()) is not None]
-                if todo:
-                    for _c, d in todo:
-                        d.mkdir(parents=True, exist_ok=True)
-                    jobs.append(([c for c, _ in todo], [d for _, d in todo]))
+        def where(c):
+            """The folder of c's run: a finished one in --reuse, else ours."""
+            if args.reuse:
+                theirs = sweep.run_dir_for(args.reuse, c)
+                if sweep.check_run(theirs, c.key()) is None:
+                    return theirs
+            return sweep.run_dir_for(out, c)
+
+        def todo(cfgs):
+            dirs = [where(c) for c in cfgs]
+            left = [(c, d) for c, d in zip(cfgs, dirs) if sweep.check_run(d, c.key()) is not None]
+            for _c, d in left:
+                d.mkdir(parents=True, exist_ok=True)
+            return [c for c, _ in left], [d for _, d in left]
+
+        cells = [(seed, factor, [config(m, seed, factor) for m in methods])
+                 for factor in (args.factor, 1)      # the long runs first: a sweep may finish the others
+                 for seed in args.seeds]
+        jobs = [j for j in (todo(cfgs) for _s, _f, cfgs in cells) if j[0]]
         print(f"{len(jobs)} cohorts to train ({sum(len(c) for c, _ in jobs)} students), "
               f"{args.workers} at a time on {args.device}", file=sys.stderr, flush=True)
         kwargs = dict(device=args.device, progress=False, threads=args.threads)
@@ -104,13 +139,16 @@ def main(argv=None) -> int:
                 for f in [pool.submit(train_cohort, c, d, **kwargs) for c, d in jobs]:
                     f.result()
         else:
-            for c, d in jobs:
-                train_cohort(c, d, **kwargs)
+            for _seed, _factor, cfgs in cells:     # checked again just before: reuse what is finished by now
+                c, d = todo(cfgs)
+                if c:
+                    train_cohort(c, d, **kwargs)
+        cells = [(seed, factor, cfgs, [where(c) for c in cfgs]) for seed, factor, cfgs in cells]
         for seed, factor, cfgs, dirs in cells:
             for c, d in zip(cfgs, dirs):
                 metrics = json.loads((d / "metrics.json").read_text())
                 rows.append({"method": c.method, "seed": seed, "factor": factor,
-                             "lambda_layer": c.lambda_layer, "optimizer_steps": optimizer_steps(c),
+                             "lambda_layer": c.lambda_layer, "lr": c.lr, "optimizer_steps": optimizer_steps(c),
                              "test_accuracy": metrics["test_accuracy"],
                              "best_epoch": metrics["best_epoch"], "epochs": c.epochs})
     except ReproError as e:
@@ -124,7 +162,7 @@ def main(argv=None) -> int:
         lg = agg[(agg["method"] == m) & (agg["factor"] == args.factor)].iloc[0]
         diff = float(lg["mean"] - q["mean"])
         table.append({
-            "method": m, "lambda_layer": lambdas[m],
+            "method": m, "lambda_layer": lambdas[m], "lr": float(runs["lr"].iloc[0]),
             "steps": int(runs[(runs["method"] == m) & (runs["factor"] == 1)]["optimizer_steps"].iloc[0]),
             "steps_long": int(runs[(runs["method"] == m) & (runs["factor"] == args.factor)]["optimizer_steps"].iloc[0]),
             "test_mean": float(q["mean"]), "test_std": _finite(q["std"]),
