@@ -3,7 +3,8 @@
 Runs ``scripts/run_notebooks.py --preset quick`` and ``jupyter-book build`` with
 ``REPROLIB_CACHE`` pointing at a fresh folder (so the mini teacher, the quick
 sweep, the calibration runs and the analyses are all computed), times each
-notebook, and prints one JSON object. Target on a 2-core CPU: <= 20 minutes.
+notebook, and prints one JSON object. Target on a 2-core CPU: <= 30 minutes (not met by the
+converged quick preset: see README, "How long things take").
 
     python benchmarks/book_time.py [--preset quick] [--keep-cache DIR]
 """
