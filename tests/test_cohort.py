@@ -178,8 +178,11 @@ def test_bf16_autocast_runs_on_the_cpu_and_is_recorded(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_students_train_like_eager_ones(tmp_path):
-    """compile=True (an FX feature extractor under torch.compile): same run up to rounding."""
-    cfgs = [make_config("mini", "smoke", method=m, contamination_rate=1.0, lambda_layer=1.0)
+    """compile=True (an FX feature extractor under torch.compile): same run up to rounding.
+
+    At the paper's rate (1e-3): rounding differences grow with the step size, and at
+    the mini world's 1e-2 two smoke epochs already drift by 5e-4 (relative)."""
+    cfgs = [make_config("mini", "smoke", method=m, contamination_rate=1.0, lambda_layer=1.0, lr=1e-3)
             for m in ("kd", "subdistill")]
     compiled = train_cohort(cfgs, [tmp_path / "c0", tmp_path / "c1"], progress=False, compile=True)
     eager = train_cohort(cfgs, [tmp_path / "e0", tmp_path / "e1"], progress=False)
