@@ -40,8 +40,9 @@ data: venv
 	   fi; }
 	@$(PY) -m reprolib data check
 
+# NB_ARGS: extra notebook parameters, e.g. make book NB_ARGS="--param run_kd_ablation=false".
 notebooks: data
-	$(PY) scripts/run_notebooks.py --preset $(PRESET)
+	$(PY) scripts/run_notebooks.py --preset $(PRESET) $(NB_ARGS)
 
 book: notebooks
 	$(MAKE) --no-print-directory book-html book-check

@@ -6,6 +6,10 @@ notebook there, so that ``jupyter-book build _build/book_src`` publishes the
 executed copies. A notebook that fails stops the build with its error.
 
     python scripts/run_notebooks.py [--preset quick] [--only 01_data_construction]
+        [--param run_calibration=false ...]
+
+``--param NAME=VALUE`` (repeatable; the value read as YAML) is given to every
+executed notebook whose ``parameters`` cell declares NAME, on top of the preset.
 """
 
 from __future__ import annotations
@@ -39,13 +43,31 @@ def toc_files(toc: dict) -> list[str]:
     return files
 
 
+def parse_params(items: list[str]) -> dict:
+    """``["run_calibration=false", "workers=4"]`` -> ``{"run_calibration": False, "workers": 4}``."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--param {item!r} is not NAME=VALUE; e.g. --param run_calibration=false")
+        out[name] = yaml.safe_load(value)
+    return out
+
+
 def main(argv=None) -> int:
     import papermill
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="quick", help="the preset parameter given to every notebook")
     parser.add_argument("--only", action="append", default=None, help="run only these notebook stems")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a parameter for the notebooks that declare it (value read as YAML)")
     args = parser.parse_args(argv)
+    try:
+        extra = parse_params(args.param)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     STAGE.mkdir(parents=True, exist_ok=True)
@@ -63,8 +85,11 @@ def main(argv=None) -> int:
             continue
         dst = STAGE / (entry + ".ipynb")
         start = time.time()
-        print(f"executing {src.relative_to(ROOT)} (preset={args.preset}) ...", flush=True)
-        papermill.execute_notebook(str(src), str(dst), parameters={"preset": args.preset},
+        shown = ", ".join(f"{k}={v}" for k, v in extra.items() if k in set(papermill.inspect_notebook(str(src))))
+        print(f"executing {src.relative_to(ROOT)} (preset={args.preset}{', ' + shown if shown else ''}) ...", flush=True)
+        declared = set(papermill.inspect_notebook(str(src)))
+        params = {"preset": args.preset, **{k: v for k, v in extra.items() if k in declared}}
+        papermill.execute_notebook(str(src), str(dst), parameters=params,
                                    cwd=str(src.parent), kernel_name="python3", progress_bar=False)
         hide_injected_parameters(dst)
         print(f"  done in {time.time() - start:.0f} s -> {dst.relative_to(ROOT)}", flush=True)
