@@ -17,8 +17,8 @@ finished in a sweep folder given as ``--reuse`` (the quick sweep trains exactly
 the ρ = 0 runs at λ ∈ {1, 10, 100, 1000} that this benchmark compares).
 ``--lr`` and ``--scale`` (a multiplier of the preset's epochs, rate step and
 validation interval) run the same comparison for another recipe: this is how
-the quick preset's learning rate and budget were chosen (book/decisions.md,
-"the quick preset's recipe"). Prints a table, writes
+the quick preset's budget was checked (book/decisions.md, "the mini world's
+recipe"; the rules themselves are applied by benchmarks/recipe_pilot.py). Prints a table, writes
 ``convergence.csv`` and ``convergence.json`` into ``--out``, and, last, one line:
 ``convergence: N of M methods within 2 points of 3x the steps``.
 """

@@ -99,8 +99,7 @@ def compare_cohort(args) -> int:
         t_logits, targets = together.teacher_outputs(x)
         sync()
         t1 = clock()
-        for m in together.active:
-            together._member_step(m, x, y, t_logits, targets)
+        together.step_members(x, y, t_logits, targets)
         sync()
         coh_teacher += t1 - t0
         coh_steps += clock() - t0

@@ -414,8 +414,12 @@ class Cohort:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One teacher forward and one optimiser step per active member (``x`` on the device)."""
-        t_logits, targets = self.teacher_outputs(x)
-        for m in self.active:
+        self.step_members(x, y, *self.teacher_outputs(x))
+
+    def step_members(self, x: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor, targets: dict,
+                     members: Sequence[_Member] | None = None) -> None:
+        """The students' part of :meth:`step`, given the teacher's outputs for ``x``."""
+        for m in (self.active if members is None else members):
             self._member_step(m, x, y, t_logits, targets)
 
     def train_epoch(self) -> list[dict[str, float] | None]:
@@ -427,8 +431,7 @@ class Cohort:
             m.sums.zero_()
         start = [m.steps for m in members]
         for x, y, t_logits, targets in self._batches():
-            for m in members:
-                self._member_step(m, x, y, t_logits, targets)
+            self.step_members(x, y, t_logits, targets, members)
         for m in members:
             m.sched.step()
         # The one read of the loss terms per epoch.

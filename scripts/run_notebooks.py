@@ -85,10 +85,10 @@ def main(argv=None) -> int:
             continue
         dst = STAGE / (entry + ".ipynb")
         start = time.time()
-        shown = ", ".join(f"{k}={v}" for k, v in extra.items() if k in set(papermill.inspect_notebook(str(src))))
-        print(f"executing {src.relative_to(ROOT)} (preset={args.preset}{', ' + shown if shown else ''}) ...", flush=True)
         declared = set(papermill.inspect_notebook(str(src)))
         params = {"preset": args.preset, **{k: v for k, v in extra.items() if k in declared}}
+        shown = ", ".join(f"{k}={v}" for k, v in params.items())
+        print(f"executing {src.relative_to(ROOT)} ({shown}) ...", flush=True)
         papermill.execute_notebook(str(src), str(dst), parameters=params,
                                    cwd=str(src.parent), kernel_name="python3", progress_bar=False)
         hide_injected_parameters(dst)
