@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     from reprolib import sweep
     from reprolib.cohort import train_cohort
-    from reprolib.config import METHODS, make_config, optimizer_steps
+    from reprolib.config import METHODS, make_config, optimizer_steps, scale_schedule
     from reprolib.errors import ReproError
     from reprolib.io import cache_dir, write_json, write_text
 
@@ -95,16 +95,12 @@ def main(argv=None) -> int:
     if args.lr is not None:
         extra["lr"] = args.lr
 
-    def scaled(cfg, f):
-        return cfg.replace(epochs=max(1, round(cfg.epochs * f)), lr_step=max(1, round(cfg.lr_step * f)),
-                           val_every=max(1, round(cfg.val_every * f)))
-
     def config(method, seed, factor):
         base = make_config(args.world, args.preset, method=method, seed=seed,
                            contamination_rate=args.rho, lambda_layer=lambdas[method], **extra)
         if args.scale != 1:
-            base = scaled(base, args.scale)
-        return base if factor == 1 else scaled(base, factor)
+            base = scale_schedule(base, args.scale)
+        return base if factor == 1 else scale_schedule(base, factor)
 
     rows = []
     start = time.time()

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
 
     from reprolib import sweep
     from reprolib.cohort import train_cohort
-    from reprolib.config import make_config, optimizer_steps, steps_per_epoch
+    from reprolib.config import make_config, optimizer_steps, scale_schedule, steps_per_epoch
     from reprolib.errors import ReproError
     from reprolib.io import cache_dir, write_json
 
@@ -67,10 +67,8 @@ def main(argv=None) -> int:
 
         def config(method, lr, steps):
             epochs = max(1, round(steps / per_epoch))
-            f = epochs / preset_epochs
-            return base.replace(method=method, lr=lr, lambda_layer=0.0 if method == "kd" else 100.0,
-                                epochs=epochs, lr_step=max(1, round(base.lr_step * f)),
-                                val_every=max(1, round(base.val_every * f)))
+            return scale_schedule(base, epochs / preset_epochs).replace(
+                method=method, lr=lr, lambda_layer=0.0 if method == "kd" else 100.0, epochs=epochs)
 
         def train(cfgs):
             """Train (or reuse) a list of configs with equal epochs as one cohort; their metrics."""

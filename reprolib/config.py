@@ -419,3 +419,14 @@ def optimizer_steps(cfg: RunConfig) -> int | None:
     """Optimiser steps of a whole run: ``epochs`` × :func:`steps_per_epoch`."""
     per = steps_per_epoch(cfg)
     return None if per is None else per * cfg.epochs
+
+
+def scale_schedule(cfg: RunConfig, factor: float) -> RunConfig:
+    """``cfg`` trained ``factor`` times as long: epochs, the rate's step and the
+    validation interval all multiplied by ``factor`` (rounded, at least 1); data,
+    batch and everything else unchanged. Used by the convergence rule and the
+    recipe pilot, so that their runs share config keys (and run folders)."""
+    if not factor > 0:
+        raise ReproError(f"a schedule can only be scaled by a positive factor, not {factor}")
+    return cfg.replace(epochs=max(1, round(cfg.epochs * factor)), lr_step=max(1, round(cfg.lr_step * factor)),
+                       val_every=max(1, round(cfg.val_every * factor)))

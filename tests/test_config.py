@@ -275,3 +275,16 @@ def test_paper_world_classes_range_is_imagenet():
 
 def test_repro_error_is_a_value_error():
     assert issubclass(ReproError, ValueError)
+
+
+def test_scale_schedule_scales_epochs_rate_step_and_validation_only():
+    from reprolib.config import scale_schedule
+
+    base = make_config("mini", "quick", method="kd", seed=1)
+    long = scale_schedule(base, 3)
+    assert (long.epochs, long.lr_step, long.val_every) == (3 * base.epochs, 3 * base.lr_step, 3 * base.val_every)
+    assert long.replace(epochs=base.epochs, lr_step=base.lr_step, val_every=base.val_every) == base
+    tiny = scale_schedule(base, 1e-3)           # never below one epoch, step or validation
+    assert (tiny.epochs, tiny.lr_step, tiny.val_every) == (1, 1, 1)
+    with pytest.raises(ReproError, match="positive factor"):
+        scale_schedule(base, 0)
