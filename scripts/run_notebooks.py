@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,6 +55,21 @@ def parse_params(items: list[str]) -> dict:
     return out
 
 
+def ipc_kernel_manager(folder: Path):
+    """A Jupyter kernel manager class whose kernels talk over Unix sockets in
+    ``folder``, not over five TCP ports on 127.0.0.1 (ipykernel still binds one
+    loopback port of its own, for the output of forked subprocesses)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", str(Path(folder) / "kernel"))
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
+
+
 def main(argv=None) -> int:
     import papermill
 
@@ -77,6 +93,13 @@ def main(argv=None) -> int:
         shutil.rmtree(STAGE / "book")
     shutil.copytree(ROOT / "book", STAGE / "book")
     (STAGE / "notebooks").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="reprolib-kernel-") as sockets:
+        run_all(papermill, toc, args, extra, ipc_kernel_manager(Path(sockets)))
+    return 0
+
+
+def run_all(papermill, toc, args, extra, kernel_manager_class) -> None:
+    """Execute the notebooks of the table of contents into the staged book."""
     for entry in toc_files(toc):
         src = ROOT / (entry + ".ipynb")
         if not src.is_file():
@@ -90,10 +113,10 @@ def main(argv=None) -> int:
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
         print(f"executing {src.relative_to(ROOT)} ({shown}) ...", flush=True)
         papermill.execute_notebook(str(src), str(dst), parameters=params,
-                                   cwd=str(src.parent), kernel_name="python3", progress_bar=False)
+                                   cwd=str(src.parent), kernel_name="python3", progress_bar=False,
+                                   kernel_manager_class=kernel_manager_class)
         hide_injected_parameters(dst)
         print(f"  done in {time.time() - start:.0f} s -> {dst.relative_to(ROOT)}", flush=True)
-    return 0
 
 
 def hide_injected_parameters(path: Path) -> None:

@@ -34,3 +34,26 @@ def test_a_bad_param_stops_before_any_work(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: --param 'oops' is not NAME=VALUE") and "Traceback" not in proc.stderr
+
+
+def test_notebooks_run_in_a_kernel_on_unix_sockets(tmp_path):
+    """The book's kernels talk over Unix sockets in a private folder: their five channels open no TCP port."""
+    nbformat = pytest.importorskip("nbformat")
+    papermill = pytest.importorskip("papermill")
+    mod = _module()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import json, os\n"
+        "from ipykernel.kernelapp import IPKernelApp\n"
+        "app = IPKernelApp.instance()\n"
+        "print(json.dumps({'transport': app.transport, 'ip': app.ip}))")]
+    src, dst = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(nb, src)
+    sockets = tmp_path / "sockets"
+    sockets.mkdir()
+    papermill.execute_notebook(str(src), str(dst), kernel_name="python3", progress_bar=False,
+                               kernel_manager_class=mod.ipc_kernel_manager(sockets))
+    import json
+
+    seen = json.loads(nbformat.read(dst, 4).cells[0].outputs[0]["text"])
+    assert seen == {"transport": "ipc", "ip": str(sockets / "kernel")}
