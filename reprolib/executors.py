@@ -2,8 +2,9 @@
 
 A *task* is a list of runs ``[(config dict, run folder), ...]``: one cohort
 (every student of a (data config, seed) cell, trained by
-:func:`reprolib.cohort.train_cohort` with one teacher forward per batch), or
-one run when the sweep is asked for ``cohort=False``. Each backend runs a task
+:func:`reprolib.cohort.train_cohort` with one teacher forward per batch) or a
+part of one (:mod:`reprolib.schedule` splits cohorts where workers would
+otherwise wait), or one run when the sweep is asked for ``cohort=False``. Each backend runs a task
 as one unit and gets back one status per run:
 
 ``serial``

@@ -16,7 +16,10 @@ the config's hash (which includes :data:`reprolib.CODE_VERSION`), so
 By default the unfinished cells of one (data config, seed) cell are trained
 as one cohort (:mod:`reprolib.cohort`: one teacher forward per batch for all
 of them; bitwise the same students as separate runs on the CPU);
-``cohort=False`` (``--no-cohort``) trains one run per task. The backends
+with more workers than a round of cohorts fills, a cohort is split into parts
+where that shortens the sweep (:mod:`reprolib.schedule`; each part repeats the
+teacher's forward, the numbers stay the same). ``cohort=False``
+(``--no-cohort``) trains one run per task. The backends
 (:mod:`reprolib.executors`: serial, process pool, Ray) give the same files,
 because every run is a pure function of its config and its thread count.
 Each task gets ``threads = max(1, cpu_count // workers)`` torch threads unless
@@ -54,6 +57,7 @@ from .results import (CELL_COLUMNS, METRIC_COLUMNS, OPTIONAL_METRIC_COLUMNS, RES
                       SELECTIONS, SPLIT_METRICS, collect_results, load_results, select_lambda,
                       write_results)
 from .rundirs import REQUIRED_METRICS, check_run, clear_run_dir, run_dir_for
+from .schedule import plan_tasks
 
 if TYPE_CHECKING:  # pandas is imported lazily: `reprolib --help` stays fast
     import pandas as pd
@@ -220,7 +224,9 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
             if key in plan.redo:
                 _log(f"redoing run {key} ({_label(cfg)}): {plan.redo[key]}")
             clear_run_dir(run_dir_for(out_dir, cfg))
-        groups = group_cohorts(plan.todo) if cohort else [[cfg] for cfg in plan.todo]
+        # A cohort per task, split into parts where more workers than a round of cohorts
+        # fills would otherwise wait (reprolib.schedule; the numbers do not change).
+        groups = plan_tasks(group_cohorts(plan.todo), workers) if cohort else [[cfg] for cfg in plan.todo]
         tasks = [[(cfg.to_dict(), str(run_dir_for(out_dir, cfg))) for cfg in group]
                  for group in groups]
         opts = dict(cohort=cohort, precision=precision, compile=compile)

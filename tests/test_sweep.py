@@ -494,13 +494,15 @@ def test_real_smoke_grid_with_the_trainer(tmp_path):
 
 @pytest.mark.slow
 def test_real_trainer_gives_the_same_results_in_worker_processes(tmp_path):
-    """Serial and parallel sweeps agree when each run has the same thread count."""
+    """Serial and parallel sweeps agree when each run has the same thread count, also when
+    the scheduler splits the cohorts (2 cohorts of 2 on 4 workers: 4 one-student tasks)."""
     pytest.importorskip("reprolib.train")
     code = textwrap.dedent(f"""
         from reprolib.sweep import run_sweep
         if __name__ == "__main__":
             run_sweep("smoke", {str(tmp_path / "serial")!r}, progress=False, threads=1)
-            run_sweep("smoke", {str(tmp_path / "pool")!r}, progress=False, threads=1, workers=2)
+            res = run_sweep("smoke", {str(tmp_path / "pool")!r}, progress=False, threads=1, workers=4)
+            assert res.attrs["sweep"]["tasks"] == 4, res.attrs["sweep"]
     """)
     script = tmp_path / "real_sweeps.py"
     script.write_text(code)
