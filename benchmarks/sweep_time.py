@@ -3,6 +3,7 @@
     python benchmarks/sweep_time.py --subset 4            # the first 4 cells of "quick"
     python benchmarks/sweep_time.py --workers 1,2,4 --backend ray
     python benchmarks/sweep_time.py --compare-cohort --steps 30 --teacher-recipe smoke
+    python benchmarks/sweep_time.py --compare-split --cohorts 3 --epochs 10
 
 ``--compare-cohort`` trains the first full cohort of the preset (every method
 and λ of one ρ and seed) for ``--steps`` optimiser steps per student, once as
@@ -15,7 +16,12 @@ by batch, in CPU time of the process (wall time on CUDA), so that other load on
 the machine hits both ways alike. The JSON also gives the teacher's share of the
 cohort's steps and the speedup that sharing could reach if the cohort's one
 teacher forward cost nothing (the students' own steps are the same both ways).
-``--teacher-recipe smoke`` uses
+``--compare-split`` trains ``--cohorts`` whole cohorts of the preset (ρ = 0,
+seeds 1..N, every method and λ; ``--epochs`` epochs each) on ``--split-workers``
+workers twice, into fresh folders: with every cohort whole (``split=False``)
+and as :mod:`reprolib.schedule` splits them; it checks that both give the same
+``results.csv`` and prints, last, ``split speedup X.XX (C cohorts, W workers,
+whole S1 s, split S2 s; estimated E.EE)``. ``--teacher-recipe smoke`` uses
 the tests' quickly trained mini teacher (same architecture: representative
 timings) instead of one that takes minutes to train on a fresh cache.
 
@@ -129,6 +135,50 @@ def compare_cohort(args) -> int:
     return 0 if identical else 1
 
 
+def compare_split(args) -> int:
+    """Whole cohorts vs the scheduler's parts, same cohorts and workers, wall time."""
+    import pandas as pd
+
+    from reprolib import schedule
+    from reprolib.grids import SweepGrid, get_grid
+
+    base = get_grid(args.preset)
+    extra = {"teacher_recipe": args.teacher_recipe} if args.teacher_recipe else {}
+    grid = SweepGrid(name=f"{base.name}-split-check", run_preset=base.run_preset, methods=base.methods,
+                     rhos=(0.0,), seeds=tuple(range(1, args.cohorts + 1)), lambdas=base.lambdas,
+                     overrides={**base.overrides, **extra, "epochs": args.epochs, "lr_step": max(1, args.epochs // 4),
+                                "val_every": 1})
+    cohorts = group_cohorts(expand_grid(grid, args.world))
+    tasks = schedule.plan_tasks(cohorts, args.split_workers)
+    estimated = schedule.makespan(cohorts, args.split_workers) / schedule.makespan(tasks, args.split_workers)
+    report = {"world": args.world, "preset": args.preset, "cohorts": len(cohorts),
+              "students": sum(len(c) for c in cohorts), "epochs": args.epochs,
+              "workers": args.split_workers, "threads_per_run": args.threads or 1,
+              "tasks_whole": len(cohorts), "tasks_split": len(tasks),
+              "estimated_speedup": round(estimated, 3), "machine": platform.machine(), "cpu_count": cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="sweep-split-") as tmp:
+        tmp = Path(tmp)
+        # Warm the shared caches (data, teacher, subspaces) with one run first.
+        run_sweep(grid, tmp / "warmup", world=args.world, device=args.device, limit=1, progress=False,
+                  threads=args.threads or 1)
+        walls, tables = {}, {}
+        for name, split in (("whole", False), ("split", True)):
+            t0 = time.perf_counter()
+            res = run_sweep(grid, tmp / name, world=args.world, workers=args.split_workers, device=args.device,
+                            threads=args.threads or 1, progress=False, split=split)
+            walls[name] = time.perf_counter() - t0
+            report[f"tasks_{name}_run"] = res.attrs["sweep"]["tasks"]
+            tables[name] = pd.read_csv(tmp / name / "results.csv").drop(columns=["seconds"])
+    report.update(whole_s=round(walls["whole"], 1), split_s=round(walls["split"], 1),
+                  speedup=round(walls["whole"] / walls["split"], 3),
+                  identical_results=bool(tables["whole"].equals(tables["split"])))
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    print(f"split speedup {report['speedup']:.2f} ({len(cohorts)} cohorts, {args.split_workers} workers, "
+          f"whole {report['whole_s']:.1f} s, split {report['split_s']:.1f} s; estimated {estimated:.2f})")
+    return 0 if report["identical_results"] else 1
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--world", default="mini")
@@ -149,7 +199,18 @@ def main(argv=None) -> int:
                    help="--compare-cohort: replace the preset's lambda grid (e.g. 1,10,100,1000)")
     p.add_argument("--teacher-recipe", default=None,
                    help="mini teacher recipe for the timed configs ('smoke' trains in seconds)")
+    p.add_argument("--compare-split", action="store_true",
+                   help="time whole cohorts against the scheduler's split parts on --split-workers workers")
+    p.add_argument("--cohorts", type=int, default=3, help="--compare-split: cohorts (seeds) to train (default 3)")
+    p.add_argument("--epochs", type=int, default=10, help="--compare-split: epochs per run (default 10)")
+    p.add_argument("--split-workers", type=int, default=2, help="--compare-split: workers (default 2)")
     args = p.parse_args(argv)
+    if args.compare_split:
+        if args.cohorts < 1 or args.epochs < 1 or args.split_workers < 1:
+            print("error: --cohorts, --epochs and --split-workers must be at least 1", file=sys.stderr)
+            return 2
+        args.device = resolve_device(args.device)
+        return compare_split(args)
     if args.compare_cohort:
         args.device = resolve_device(args.device)
         return compare_cohort(args)

@@ -167,12 +167,14 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
               device: str = "cpu", run_fn: RunFn | None = None, progress: bool = True,
               threads: int | None = None, ray_address: str | None = None,
               limit: int | None = None, cohort: bool = True, precision: str = "fp32",
-              compile: bool = False, allow_mixed: bool = False) -> "pd.DataFrame":
+              compile: bool = False, allow_mixed: bool = False, split: bool = True) -> "pd.DataFrame":
     """Run every unfinished cell of a grid into ``out_dir``; return results.csv's table.
 
     ``cohort=True`` (default) trains the unfinished cells of each (data config,
     seed) cell as one task with :func:`reprolib.cohort.train_cohort`;
-    ``cohort=False`` one run per task. ``run_fn`` (default: the trainer) is
+    ``cohort=False`` one run per task. ``split=True`` (default) lets
+    :func:`reprolib.schedule.plan_tasks` split cohorts into parts where workers
+    would otherwise wait; ``split=False`` keeps every cohort whole. ``run_fn`` (default: the trainer) is
     called per run as ``run_fn(cfg, run_dir, device=..., progress=False,
     threads=...)`` and must write ``student.pt`` and then, last,
     ``metrics.json``; with ``cohort=True`` the runs of a cohort are called in
@@ -226,7 +228,10 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
             clear_run_dir(run_dir_for(out_dir, cfg))
         # A cohort per task, split into parts where more workers than a round of cohorts
         # fills would otherwise wait (reprolib.schedule; the numbers do not change).
-        groups = plan_tasks(group_cohorts(plan.todo), workers) if cohort else [[cfg] for cfg in plan.todo]
+        if not cohort:
+            groups = [[cfg] for cfg in plan.todo]
+        else:
+            groups = plan_tasks(group_cohorts(plan.todo), workers if split else 1)
         tasks = [[(cfg.to_dict(), str(run_dir_for(out_dir, cfg))) for cfg in group]
                  for group in groups]
         opts = dict(cohort=cohort, precision=precision, compile=compile)
@@ -253,7 +258,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
             "reused": len(plan.reused), "computed": len(plan.todo) - len(failures),
             "redone": len(plan.redo), "failed": len(failures),
             "foreign_finished": plan.foreign_finished,
-            "tasks": len(tasks), "cohort": cohort,
+            "tasks": len(tasks), "cohort": cohort, "split": split,
         }
     if failures:
         by_key = {c.key(): c for c in cells}
@@ -298,6 +303,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cohort", action="store_true",
                    help="one run per task instead of one cohort (all methods and lambdas of "
                         "a data config and seed, one teacher forward per batch) per task")
+    p.add_argument("--no-split", action="store_true",
+                   help="keep every cohort whole (default: split cohorts into parts, each with its "
+                        "own teacher forward, where workers would otherwise wait)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="fp32 (default; the reference numbers) or bf16 autocast (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the students")
@@ -386,7 +394,7 @@ def _cli_sweep(args: argparse.Namespace) -> int:
                         run_fn=getattr(args, "run_fn", None), progress=not args.no_progress,
                         threads=args.threads, ray_address=args.ray_address, limit=args.limit,
                         cohort=not args.no_cohort, precision=args.precision, compile=args.compile,
-                        allow_mixed=args.allow_mixed)
+                        allow_mixed=args.allow_mixed, split=not args.no_split)
     report = dict(results.attrs.get("sweep", {}))
     report.update(results=str(Path(out) / "results.csv"), summary=str(Path(out) / "summary.csv"))
     io.print_json(report)

@@ -81,3 +81,18 @@ def test_sweep_runs_the_parts_of_a_split_cohort(tmp_path):
     assert res.attrs["sweep"]["tasks"] == 4 and len(res) == 4 and res["test_accuracy"].notna().all()
     again = run_sweep(grid, tmp_path / "sw", run_fn=fake_train_run, progress=False, workers=1, threads=1)
     assert again.attrs["sweep"]["reused"] == 4
+
+
+def test_no_split_keeps_every_cohort_whole(tmp_path, capsys):
+    from reprolib.sweep import main
+
+    grid = SweepGrid(name="one-cohort", run_preset="smoke", methods=("kd", "at"), rhos=(1.0,), seeds=(1,),
+                     lambdas=(1.0, 10.0, 100.0))
+    res = run_sweep(grid, tmp_path / "sw", run_fn=fake_train_run, progress=False, workers=4, threads=1, split=False)
+    assert res.attrs["sweep"]["tasks"] == 1 and res.attrs["sweep"]["split"] is False
+    assert main(["--preset", "smoke", "--out", str(tmp_path / "cli"), "--workers", "4", "--threads", "1",
+                 "--no-split", "--no-progress", "--device", "cpu"], run_fn=fake_train_run) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["tasks"] == 2 and report["split"] is False      # the smoke grid's two cohorts, whole

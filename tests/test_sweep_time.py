@@ -25,3 +25,25 @@ def test_compare_cohort_prints_speedup_and_the_bound_of_sharing():
     assert 0 < report["teacher_share_of_cohort_steps"] < 1
     # Without its teacher forward the cohort's steps are shorter, so the bound is above the speedup.
     assert report["training_speedup_bound_free_teacher"] > report["training_speedup"]
+
+
+def test_compare_split_prints_its_line_and_identical_results():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_time.py"), "--compare-split",
+                           "--preset", "smoke", "--cohorts", "2", "--epochs", "1", "--split-workers", "4",
+                           "--teacher-recipe", "smoke"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"split speedup \d+\.\d\d \(2 cohorts, 4 workers, whole [\d.]+ s, split [\d.]+ s; "
+                        r"estimated \d+\.\d\d\)", lines[-1])
+    report = json.loads("\n".join(lines[:-1]))
+    assert report["identical_results"] is True
+    assert (report["tasks_whole_run"], report["tasks_split_run"]) == (2, 4)   # 2 cohorts of 2 on 4 workers
+
+
+def test_compare_split_rejects_zero_cohorts():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_time.py"), "--compare-split",
+                           "--cohorts", "0"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 2 and proc.stderr.startswith("error:")
