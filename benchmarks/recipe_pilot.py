@@ -25,7 +25,6 @@ runs in ``--out`` are reused. Prints the table and, last, one line:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -71,17 +70,12 @@ def main(argv=None) -> int:
                 method=method, lr=lr, lambda_layer=0.0 if method == "kd" else 100.0, epochs=epochs)
 
         def train(cfgs):
-            """Train (or reuse) a list of configs with equal epochs as one cohort; their metrics."""
-            dirs = [sweep.run_dir_for(out, c) for c in cfgs]
-            left = [i for i, (c, d) in enumerate(zip(cfgs, dirs)) if sweep.check_run(d, c.key()) is not None]
-            if left:
-                for i in left:
-                    dirs[i].mkdir(parents=True, exist_ok=True)
-                print(f"training {len(left)} students for {optimizer_steps(cfgs[left[0]])} steps",
-                      file=sys.stderr, flush=True)
-                train_cohort([cfgs[i] for i in left], [dirs[i] for i in left], progress=False,
-                             threads=args.threads)
-            return [json.loads((d / "metrics.json").read_text()) for d in dirs]
+            """A list of configs with equal epochs as one cohort; their metrics (train_cohort
+            reads finished runs back instead of training them again)."""
+            print(f"{len(cfgs)} students for {optimizer_steps(cfgs[0])} steps (finished runs are reused)",
+                  file=sys.stderr, flush=True)
+            return train_cohort(cfgs, [sweep.run_dir_for(out, c) for c in cfgs], progress=False,
+                                threads=args.threads)
 
         start = time.time()
         rows = []

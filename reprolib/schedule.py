@@ -61,8 +61,10 @@ def split_cohort(members: Sequence[RunConfig], parts: int) -> list[list[RunConfi
         load, i = heapq.heappop(loads)
         owner[j] = i
         heapq.heappush(loads, (load + member_cost(members[j]), i))
-    out = [[members[j] for j in range(len(members)) if owner[j] == i] for i in range(parts)]
-    return sorted(out, key=lambda part: members.index(part[0]))
+    out: dict[int, list[RunConfig]] = {}     # insertion order: parts by their first member
+    for j, cfg in enumerate(members):
+        out.setdefault(owner[j], []).append(cfg)
+    return list(out.values())
 
 
 def makespan(tasks: Sequence[Sequence[RunConfig]], workers: int) -> float:
