@@ -33,6 +33,9 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that builds a world."""
     p.add_argument("--world", default="mini", help="mini (default) or paper")
     p.add_argument("--preset", default="quick", help="smoke, quick (default) or full")
+    p.add_argument("--variant", default=None,
+                   help="a named world variant (mini world: the precondition ladder's rungs; "
+                        "default: the book's main world)")
     p.add_argument("--rho", "--contamination-rate", dest="contamination_rate", type=float, default=None,
                    help="contamination rate in [0, 1]")
     p.add_argument("--val-digits", dest="val_digits", default=None, help="random (oracle, default) or correlated")
@@ -53,7 +56,7 @@ def config_from_args(args: argparse.Namespace, keys=DATA_KEYS):
     from .config import make_config
 
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
-    return make_config(args.world, args.preset, **overrides)
+    return make_config(args.world, args.preset, getattr(args, "variant", None), **overrides)
 
 
 def cmd_data_summary(args) -> int:
@@ -89,7 +92,12 @@ def cmd_teacher(args) -> int:
 
     from .teacher import recipe, teacher_report
 
-    tcfg = recipe(args.recipe)
+    name = args.recipe
+    if name is None:   # the teacher of the chosen world variant (default: the book's main world)
+        from .config import make_config
+
+        name = make_config("mini", "quick", args.variant).teacher_recipe
+    tcfg = recipe(name)
     if args.epochs is not None:
         tcfg = dataclasses.replace(tcfg, epochs=args.epochs)
     _print_json(teacher_report(tcfg, progress=not args.quiet))
@@ -138,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     teacher = sub.add_parser("teacher", help="train (or load) the teacher and report its accuracy")
     add_data_options(teacher)
     teacher.add_argument("--epochs", type=int, default=None)
-    teacher.add_argument("--recipe", default="standard", help="mini teacher recipe: standard or smoke")
+    teacher.add_argument("--recipe", default=None,
+                         help="mini teacher recipe: 1-epoch, 10-epoch, 20-epoch or smoke (default: the "
+                              "world variant's)")
     teacher.add_argument("--teacher", default=None)
     teacher.add_argument("--teacher-weights", dest="teacher_weights", default=None)
     teacher.add_argument("--quiet", action="store_true")

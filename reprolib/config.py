@@ -86,7 +86,7 @@ class RunConfig:
     vid_variance: str = "learned"        # D5
     subspace_positions: int = 20         # §4.2
     teacher_weights: str | None = None   # paper world: a file with torchvision weights
-    teacher_recipe: str = "standard"     # mini teacher: "standard", or "smoke" (tests only)
+    teacher_recipe: str = "1-epoch"      # mini teacher: a name of TEACHER_RECIPE_NAMES ("smoke": tests only)
 
     # -- identity ---------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -170,6 +170,84 @@ WORLD_DEFAULTS: dict[str, dict[str, Any]] = {
                   student="mobilenetv4_conv_small", layer_pairs=MOBILENET_LAYER_PAIRS),
 }
 
+# The mini teacher's recipes (reprolib.teacher.TEACHER_RECIPES; kept here so that a
+# config is validated without importing torch). "smoke" is for tests only.
+TEACHER_RECIPE_NAMES = ("1-epoch", "10-epoch", "20-epoch", "smoke")
+
+
+# ---------------------------------------------------------------------------
+# World variants: named settings of the mini world's free knobs (the precondition
+# ladder, book "Decisions": "the precondition"). A variant is configuration, not a
+# code fork: ``fields`` are config fields applied over the world's defaults before
+# the preset; ``train_scale`` scales the preset's training part (the pool and the
+# validation part stay) at the preset's optimiser-step budget; ``step_scale``
+# multiplies the preset's step budget (epochs, the rate's step and the validation
+# interval, as :func:`scale_schedule` does).
+@dataclass(frozen=True)
+class WorldVariant:
+    name: str
+    rung: str
+    description: str
+    fields: tuple[tuple[str, Any], ...] = ()
+    train_scale: float = 1.0
+    step_scale: float = 1.0
+
+    def field_dict(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "rung": self.rung, "description": self.description,
+                "fields": _plain(self.field_dict()), "train_scale": self.train_scale,
+                "step_scale": self.step_scale}
+
+
+# The teacher that the teacher's convergence rule chose (benchmarks/teacher_convergence.py,
+# benchmarks/results/teacher-convergence-cpu.json; a test checks the two agree).
+CONVERGED_TEACHER = "10-epoch"
+_B = (("teacher_recipe", CONVERGED_TEACHER),)
+# The ladder, closest to the paper first (the issue's order); single knobs before any
+# combination. Rungs are tried in this order until one meets the precondition.
+MINI_VARIANTS: tuple[WorldVariant, ...] = (
+    WorldVariant("one-epoch-teacher", "a", "the first book's world: a teacher trained one epoch",
+                 (("teacher_recipe", "1-epoch"),)),
+    WorldVariant("converged-teacher", "b", f"a teacher trained to convergence ({CONVERGED_TEACHER} recipe)", _B),
+    WorldVariant("paper-crop", "c", "(b) with the paper's crop scale (0.08, 1)",
+                 _B + (("crop_scale", (0.08, 1.0)),)),
+    WorldVariant("paper-lr", "d", "(b) with the paper's learning rate 1e-3 at 3x the step budget",
+                 _B + (("lr", 1e-3),), step_scale=3.0),
+    WorldVariant("train-20", "e1", "(b) with 20 training images per class (half), same step budget",
+                 _B, train_scale=0.5),
+    WorldVariant("train-10", "e2", "(b) with 10 training images per class (a quarter), same step budget",
+                 _B, train_scale=0.25),
+    WorldVariant("digit-12", "f1", "(b) with a 12 px digit instead of 8", _B + (("artifact_size", 12),)),
+    WorldVariant("digit-16", "f2", "(b) with a 16 px digit instead of 8", _B + (("artifact_size", 16),)),
+)
+VARIANTS = {"mini": {v.name: v for v in MINI_VARIANTS}, "paper": {}}
+# The book's main world: the rung the precondition rule chose (benchmarks/precondition.py,
+# benchmarks/results/precondition-ladder.json; a test checks the two agree). ``None``:
+# the world's defaults as they are.
+MAIN_VARIANT: dict[str, str | None] = {"mini": "one-epoch-teacher", "paper": None}
+
+
+def get_variant(world: str, name: str | None) -> WorldVariant | None:
+    """The named variant of ``world`` (``None``: the world's main variant)."""
+    if name is None:
+        name = MAIN_VARIANT.get(world)
+        if name is None:
+            return None
+    table = VARIANTS.get(world, {})
+    if name not in table:
+        if not table:
+            raise ReproError(f"the {world} world has no variants (got {name!r}); leave the variant out")
+        raise ReproError(f"unknown world variant {name!r} of the {world} world; choose one of "
+                         f"{', '.join(table)}")
+    return table[name]
+
+
+def main_variant(world: str = "mini") -> str | None:
+    return MAIN_VARIANT.get(world)
+
+
 # The two teacher/student pairs of D11 for the paper world.
 PAPER_PAIRS = {
     ("resnet101", "mobilenetv4_conv_small"): MOBILENET_LAYER_PAIRS,
@@ -177,25 +255,58 @@ PAPER_PAIRS = {
 }
 
 
-def make_config(world: str = "mini", preset: str = "quick", **overrides: Any) -> RunConfig:
-    """Build a validated :class:`RunConfig` from a world, a preset and overrides.
+def make_config(world: str = "mini", preset: str = "quick", variant: str | None = None,
+                **overrides: Any) -> RunConfig:
+    """Build a validated :class:`RunConfig` from a world, a preset, a world variant and overrides.
 
-    Overrides may name any field of :class:`RunConfig` or :class:`DataConfig`
-    (``contamination_rate=1.0``, ``method="subdistill"``, ``pool_per_class=50``...).
+    ``variant`` names one of the world's :data:`VARIANTS` (default: the world's
+    main variant, :data:`MAIN_VARIANT`). Overrides may name any field of
+    :class:`RunConfig` or :class:`DataConfig` (``contamination_rate=1.0``,
+    ``method="subdistill"``, ``pool_per_class=50``...) and win over the variant.
     """
     if world not in WORLDS:
         raise ReproError(f"unknown world {world!r}; choose one of {list(WORLDS)}")
     if preset not in PRESETS[world]:
         raise ReproError(f"unknown preset {preset!r}; choose one of {list(PRESETS[world])}")
+    var = get_variant(world, variant)
     values: dict[str, Any] = {}
     values.update(WORLD_DEFAULTS[world])
+    if var is not None:
+        values.update(var.field_dict())
     values.update(PRESETS[world][preset])
+    if var is not None and (var.train_scale != 1.0 or var.step_scale != 1.0):
+        base = _build(world, preset, values)
+        values.update(_variant_schedule(base, var))
     # A user who changes the paper pair gets its layer map unless they give one.
     if world == "paper" and "layer_pairs" not in overrides:
         pair = (overrides.get("teacher", values["teacher"]), overrides.get("student", values["student"]))
         if pair in PAPER_PAIRS:
             values["layer_pairs"] = PAPER_PAIRS[pair]
     values.update({k: v for k, v in overrides.items() if v is not None or k in _NULLABLE})
+    return _build(world, preset, values)
+
+
+def _variant_schedule(base: RunConfig, var: WorldVariant) -> dict[str, Any]:
+    """The training fraction and schedule of ``base`` under a variant's scales: the
+    training part scaled by ``train_scale`` and the epochs set so that the run takes
+    ``step_scale`` times ``base``'s optimiser steps (rounded up to whole epochs); the
+    rate's step and the validation interval keep their share of the run."""
+    steps = optimizer_steps(base)
+    if steps is None:
+        raise ReproError(f"world variant {var.name!r} scales the training set, whose size this "
+                         "preset does not fix; choose a preset with pool_per_class")
+    fraction = base.data.train_fraction * var.train_scale
+    n_train = split_sizes(dataclasses.replace(base.data, train_fraction=fraction))["train"]
+    if n_train < base.batch_size:
+        raise ReproError(f"world variant {var.name!r} leaves {n_train} training images with preset "
+                         f"{base.preset!r}, fewer than a batch of {base.batch_size}; choose a larger preset")
+    epochs = -(-round(steps * var.step_scale) // (n_train // base.batch_size))
+    ratio = epochs / base.epochs
+    return {"train_fraction": fraction, "epochs": epochs,
+            "lr_step": max(1, round(base.lr_step * ratio)), "val_every": max(1, round(base.val_every * ratio))}
+
+
+def _build(world: str, preset: str, values: dict[str, Any]) -> RunConfig:
     data_fields = {f.name for f in dataclasses.fields(DataConfig)}
     run_fields = {f.name for f in dataclasses.fields(RunConfig)} - {"data"}
     unknown = set(values) - data_fields - run_fields
@@ -345,6 +456,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ReproError(f"image_size={d.image_size} must be a positive number of pixels")
     if d.artifact_source not in ("sklearn-digits", "mnist"):
         raise ReproError(f"artifact_source={d.artifact_source!r}; choose 'sklearn-digits' or 'mnist'")
+    if cfg.teacher_recipe not in TEACHER_RECIPE_NAMES:
+        raise ReproError(f"unknown teacher recipe {cfg.teacher_recipe!r}; choose one of "
+                         f"{', '.join(TEACHER_RECIPE_NAMES)}")
     if d.world == "mini" and cfg.teacher_weights is not None:
         raise ReproError("teacher_weights is for the paper world's pretrained teachers; the mini "
                          "world's teacher is trained by reprolib: leave --teacher-weights out")

@@ -44,6 +44,8 @@ class SweepGrid:
     overrides: dict[str, Any] = field(default_factory=dict)
     variants: tuple[dict[str, Any], ...] | None = None
     note: str = ""
+    # A named world variant (reprolib.config.VARIANTS); None: the world's main variant.
+    world_variant: str | None = None
 
     def __post_init__(self) -> None:
         for axis in ("methods", "rhos", "seeds", "lambdas"):
@@ -187,7 +189,7 @@ def expand_grid(grid: str | SweepGrid, world: str = "mini") -> list[RunConfig]:
                                              seed=int(seed), lambda_layer=float(lam))
                             if pool is not None:
                                 overrides["pool_per_class"] = int(pool)
-                            cfg = make_config(world, grid.run_preset, **overrides)
+                            cfg = make_config(world, grid.run_preset, grid.world_variant, **overrides)
                             key = cfg.key()
                             if key not in seen:
                                 seen.add(key)

@@ -36,7 +36,7 @@ GROUP_COLUMNS = ("pool_per_class", "train_per_class", "student")
 # The split accuracies of the non-oracle checkpoint, where the trainer gives them.
 OPTIONAL_METRIC_COLUMNS = (
     "nonoracle_test_accuracy_with_digit", "nonoracle_test_accuracy_digit_differs",
-    "nonoracle_predicts_digit",
+    "nonoracle_predicts_digit", "predicts_digit_differs", "nonoracle_predicts_digit_differs",
 )
 RESULT_COLUMNS = (CELL_COLUMNS + METRIC_COLUMNS + ("run_dir", "world", "preset", "config_key")
                   + OPTIONAL_METRIC_COLUMNS)

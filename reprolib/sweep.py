@@ -167,7 +167,8 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
               device: str = "cpu", run_fn: RunFn | None = None, progress: bool = True,
               threads: int | None = None, ray_address: str | None = None,
               limit: int | None = None, cohort: bool = True, precision: str = "fp32",
-              compile: bool = False, allow_mixed: bool = False, split: bool = True) -> "pd.DataFrame":
+              compile: bool = False, allow_mixed: bool = False, split: bool = True,
+              variant: str | None = None) -> "pd.DataFrame":
     """Run every unfinished cell of a grid into ``out_dir``; return results.csv's table.
 
     ``cohort=True`` (default) trains the unfinished cells of each (data config,
@@ -185,9 +186,11 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
     Failed runs are reported after the others finish, with a :class:`ReproError`;
     rerunning the same command retries only them. Finished runs computed with
     another thread count, device or precision are not mixed with new ones unless
-    ``allow_mixed`` (:func:`reprolib.io.check_numerics`).
+    ``allow_mixed`` (:func:`reprolib.io.check_numerics`). ``variant`` names a world
+    variant (:data:`reprolib.config.VARIANTS`) for every cell, instead of the grid's own
+    (default: the world's main variant).
     """
-    grid = get_grid(grid_name_or_grid)
+    grid = with_variant(get_grid(grid_name_or_grid), variant, world)
     if world not in WORLDS:
         raise ReproError(f"unknown world {world!r}; choose one of {list(WORLDS)}")
     if backend not in ("serial", "ray"):
@@ -216,6 +219,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
                               allow_mixed, precision)
         write_json(out_dir / "sweep.json", {
             "grid": dataclasses.asdict(grid), "world": world, "limit": limit,
+            "world_variant": variant_name(grid, world),
             "keys": [c.key() for c in cells], "backend": backend, "workers": workers,
             "threads_per_run": threads, "device": device, "cohort": cohort,
             "precision": precision, "compile": compile,
@@ -269,6 +273,23 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
     return results
 
 
+def with_variant(grid: SweepGrid, variant: str | None, world: str = "mini") -> SweepGrid:
+    """``grid`` with every cell in world variant ``variant`` (checked; None: unchanged)."""
+    if variant is None:
+        return grid
+    from .config import get_variant
+
+    get_variant(world, variant)   # an unknown name fails here, before any work
+    return dataclasses.replace(grid, world_variant=variant)
+
+
+def variant_name(grid: SweepGrid, world: str = "mini") -> str | None:
+    """The world variant a grid's cells are in (its own, else the world's main one)."""
+    from .config import main_variant
+
+    return grid.world_variant or main_variant(world)
+
+
 # ---------------------------------------------------------------------------
 # Command line
 def register_cli(subparsers) -> argparse.ArgumentParser:
@@ -286,6 +307,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", default="mini", choices=WORLDS)
     p.add_argument("--preset", default="quick", choices=list(SWEEP_PRESETS),
                    help="sweep grid (default: quick)")
+    p.add_argument("--variant", default=None,
+                   help="world variant of every cell (mini world: the precondition ladder's rungs; "
+                        "default: the book's main world)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="sweep folder (default: <cache>/sweeps/<world>-<preset>)")
     p.add_argument("--backend", default="serial", choices=("serial", "ray"))
@@ -318,7 +342,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "as one JSON object and exit; trains nothing")
 
 
-def plan_summary(grid: str | SweepGrid, world: str = "mini", limit: int | None = None) -> dict:
+def plan_summary(grid: str | SweepGrid, world: str = "mini", limit: int | None = None,
+                 variant: str | None = None) -> dict:
     """What a sweep would run, read before running it (``sweep --dry-run``).
 
     ``optimizer_steps_per_run``, ``train_images``, ``val_images`` and
@@ -327,9 +352,9 @@ def plan_summary(grid: str | SweepGrid, world: str = "mini", limit: int | None =
     the paper world's pool). ``k_over_d``: the largest ratio of the student's to
     the teacher's channels over the distilled layers, over the grid's students.
     """
-    from .config import optimizer_steps, split_sizes
+    from .config import get_variant, optimizer_steps, split_sizes
 
-    grid = get_grid(grid)
+    grid = with_variant(get_grid(grid), variant, world)
     cells = expand_grid(grid, world)
     if limit is not None:
         cells = cells[:limit]
@@ -348,8 +373,20 @@ def plan_summary(grid: str | SweepGrid, world: str = "mini", limit: int | None =
             ratios[pair] = _k_over_d(c)
     students = sorted({c.student for c in cells})
     teachers = sorted({c.teacher for c in cells})
+    var = get_variant(world, grid.world_variant)
+    recipes = sorted({c.teacher_recipe for c in cells if c.teacher == "mini-teacher"})
+    teacher_recipe = None
+    if recipes:
+        from .teacher import recipe
+
+        teacher_recipe = {name: {k: v for k, v in dataclasses.asdict(recipe(name)).items()
+                                 if k in ("epochs", "batch_size", "lr", "augment", "precision", "train_subset")}
+                          for name in recipes}
     return {
         "grid": grid.name, "world": world, "run_preset": grid.run_preset,
+        "world_variant": var.name if var else None,
+        "world_variant_description": var.description if var else None,
+        "teacher_recipe": teacher_recipe,
         "runs": len(cells), "cohorts": len(group_cohorts(cells)),
         "methods": list(grid.methods), "rhos": list(grid.rhos), "seeds": list(grid.seeds),
         "lambdas": list(grid.lambdas),
@@ -386,7 +423,7 @@ def _k_over_d(cfg: RunConfig) -> float | None:
 
 def _cli_sweep(args: argparse.Namespace) -> int:
     if getattr(args, "dry_run", False):
-        io.print_json(plan_summary(args.preset, args.world, args.limit))
+        io.print_json(plan_summary(args.preset, args.world, args.limit, args.variant))
         return 0
     out = args.out or cache_dir("sweeps", f"{args.world}-{args.preset}")
     results = run_sweep(args.preset, out, world=args.world, backend=args.backend,
@@ -394,7 +431,8 @@ def _cli_sweep(args: argparse.Namespace) -> int:
                         run_fn=getattr(args, "run_fn", None), progress=not args.no_progress,
                         threads=args.threads, ray_address=args.ray_address, limit=args.limit,
                         cohort=not args.no_cohort, precision=args.precision, compile=args.compile,
-                        allow_mixed=args.allow_mixed, split=not args.no_split)
+                        allow_mixed=args.allow_mixed, split=not args.no_split,
+                        variant=args.variant)
     report = dict(results.attrs.get("sweep", {}))
     report.update(results=str(Path(out) / "results.csv"), summary=str(Path(out) / "summary.csv"))
     io.print_json(report)

@@ -89,7 +89,9 @@ def predict(model: torch.nn.Module, world: World, split: str, device: torch.devi
 
 def split_accuracies(pred: torch.Tensor, y: torch.Tensor, digit: torch.Tensor) -> dict[str, float]:
     """Accuracy overall, on images with a digit, on those whose digit differs from
-    the label, and the share of digit-bearing images predicted as their digit."""
+    the label, the share of digit-bearing images predicted as their digit, and that
+    share among the images whose digit differs from the label (where following the
+    digit and following the garment disagree; chance 1/K)."""
     has = digit >= 0
     differs = has & (digit != y)
 
@@ -101,6 +103,8 @@ def split_accuracies(pred: torch.Tensor, y: torch.Tensor, digit: torch.Tensor) -
         "accuracy_with_digit": mean(has),
         "accuracy_digit_differs": mean(differs),
         "predicts_digit": float((pred[has] == digit[has]).float().mean()) if bool(has.any()) else float("nan"),
+        "predicts_digit_differs": (float((pred[differs] == digit[differs]).float().mean())
+                                   if bool(differs.any()) else float("nan")),
         "n": int(len(y)), "n_with_digit": int(has.sum()), "n_digit_differs": int(differs.sum()),
     }
 

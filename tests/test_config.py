@@ -45,7 +45,9 @@ def test_mini_quick_and_full_presets(preset, pool, test, epochs, step, batch, va
     # The mini world's rate (book/decisions.md, "the mini world's recipe"); the paper
     # world keeps the paper's 1e-3 (§5).
     assert cfg.lr == 1e-2 and make_config("paper", preset).lr == 1e-3
-    assert cfg.teacher_recipe == "standard"
+    from reprolib.config import get_variant, main_variant
+
+    assert cfg.teacher_recipe == dict(get_variant("mini", main_variant()).fields)["teacher_recipe"]
     assert cfg.student == "mini-student"
 
 
@@ -200,7 +202,7 @@ RUN_CHANGES = dict(preset="quick", method="vid", seed=2, lambda_layer=10.0, lamb
                    temperature=2.0, teacher="resnet18", student="resnet18-s",
                    layer_pairs=(("layer1", "layer1"),), epochs=3, lr=5e-4, lr_step=2, lr_gamma=0.1,
                    weight_decay=1e-4, batch_size=8, student_norm="center", vid_variance="fixed",
-                   subspace_positions=5, teacher_weights="/x.pth", teacher_recipe="standard",
+                   subspace_positions=5, teacher_weights="/x.pth", teacher_recipe="10-epoch",
                    val_every=3)
 DATA_CHANGES = dict(world="paper", subtask_classes=(0, 2, 3, 4, 5), pool_per_class=50,
                     test_per_class=10, train_fraction=0.7, val_fraction=0.25, contamination_rate=0.5,
@@ -288,3 +290,49 @@ def test_scale_schedule_scales_epochs_rate_step_and_validation_only():
     assert (tiny.epochs, tiny.lr_step, tiny.val_every) == (1, 1, 1)
     with pytest.raises(ReproError, match="positive factor"):
         scale_schedule(base, 0)
+
+
+# -- world variants (the precondition ladder) ----------------------------------
+def test_variants_change_only_their_knobs():
+    from reprolib.config import MINI_VARIANTS, optimizer_steps, split_sizes
+
+    base = make_config("mini", "quick", "one-epoch-teacher")
+    for v in MINI_VARIANTS:
+        cfg = make_config("mini", "quick", v.name)
+        d_cfg, d_base = cfg.to_dict(), base.to_dict()
+        changed = {k for k in d_cfg if k != "data" and d_cfg[k] != d_base[k]}
+        changed |= {k for k in d_cfg["data"] if d_cfg["data"][k] != d_base["data"][k]}
+        knobs = set(v.field_dict())
+        if v.train_scale != 1.0 or v.step_scale != 1.0:
+            knobs |= {"epochs", "lr_step", "val_every"} | ({"train_fraction"} if v.train_scale != 1.0 else set())
+        assert changed <= knobs | {"teacher_recipe"}, (v.name, changed)
+        # the step budget: the preset's, times step_scale (rounded up to whole epochs)
+        assert optimizer_steps(cfg) >= round(1200 * v.step_scale)
+        assert optimizer_steps(cfg) < round(1200 * v.step_scale) + cfg.epochs
+        assert split_sizes(cfg.data)["val"] == 250
+        assert split_sizes(cfg.data)["train"] == round(200 * v.train_scale)
+
+
+def test_variant_train_sizes_and_schedules():
+    c20 = make_config("mini", "quick", "train-20")
+    assert (c20.epochs, c20.lr_step, c20.val_every) == (400, 100, 8)
+    c10 = make_config("mini", "quick", "train-10")
+    assert (c10.epochs, c10.lr_step, c10.val_every) == (1200, 300, 24)
+    lr = make_config("mini", "quick", "paper-lr")
+    assert (lr.lr, lr.epochs, lr.lr_step, lr.val_every) == (1e-3, 600, 150, 12)
+    # user overrides win over the variant
+    assert make_config("mini", "quick", "train-20", epochs=7).epochs == 7
+    # the smoke preset keeps its own tiny teacher
+    assert make_config("mini", "smoke", "paper-crop").teacher_recipe == "smoke"
+    assert make_config("mini", "smoke", "paper-crop").data.crop_scale == (0.08, 1.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(world="mini", variant="no-such"), "unknown world variant 'no-such'"),
+    (dict(world="paper", variant="paper-crop"), "has no variants"),
+    (dict(world="mini", preset="smoke", variant="train-10"), "fewer than a batch"),
+    (dict(world="mini", teacher_recipe="standard"), "unknown teacher recipe"),
+])
+def test_bad_variants_are_refused(kwargs, match):
+    with pytest.raises(ReproError, match=match):
+        make_config(**kwargs)
