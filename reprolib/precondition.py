@@ -1,0 +1,202 @@
+"""The paper's precondition, measured on output-only KD alone (book, "Decisions": "the precondition").
+
+The paper's finding needs a baseline that takes the shortcut: at ρ = 1 an
+output-only student follows the digit. This module measures that on one world
+variant (:data:`reprolib.config.MINI_VARIANTS`, a rung of the ladder) without ever
+training another method:
+
+* :func:`ladder_grid` / :func:`convergence_grid`: output-only KD at ρ ∈ {0, 1} and the
+  book's convergence check (3x the steps at ρ = 0); anything but ``kd`` is refused;
+* :func:`teacher_signal`: what the teacher tells the students on the distillation
+  images as they see them (augmented, digits pasted): how often its top class is the
+  label, its mean top probability at the KD temperature, and the **digit-only KD
+  floor**, the smallest KD loss a student that sees only the digit could reach;
+* :func:`rung_report`: one rung's numbers, including the drop that
+  :func:`reprolib.verdicts.precondition_rule` judges.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from .config import RunConfig, make_config, optimizer_steps, scale_schedule, split_sizes
+from .errors import ReproError
+from .grids import SweepGrid
+
+LADDER_RHOS = (0.0, 1.0)
+CONVERGENCE_FACTOR = 3          # the book's convergence rule: 3x the steps ...
+CONVERGENCE_TOLERANCE = 0.02    # ... changes KD's mean test accuracy at ρ = 0 by at most 2 points
+
+
+def check_kd_only(methods: Sequence[str]) -> None:
+    """The ladder trains output-only KD and nothing else: no other method may enter the choice."""
+    other = [m for m in methods if m != "kd"]
+    if other:
+        raise ReproError(f"the precondition ladder trains output-only KD only, not {', '.join(other)}: "
+                         "the main world is chosen before any other method is trained on it "
+                         "(book, Decisions: the precondition); leave --method out")
+
+
+def ladder_grid(variant: str, preset: str = "quick", seeds: Sequence[int] = (1, 2, 3),
+                overrides: dict[str, Any] | None = None, methods: Sequence[str] = ("kd",)) -> SweepGrid:
+    """Output-only KD at ρ ∈ {0, 1} on one world variant."""
+    check_kd_only(methods)
+    return SweepGrid(name=f"precondition-{variant}", run_preset=preset, methods=tuple(methods),
+                     rhos=LADDER_RHOS, seeds=tuple(seeds), lambdas=(0.0,), overrides=dict(overrides or {}),
+                     world_variant=variant,
+                     note="output-only KD only: the precondition ladder (no other method enters the choice)")
+
+
+def convergence_grid(variant: str, preset: str = "quick", seeds: Sequence[int] = (1, 2, 3),
+                     overrides: dict[str, Any] | None = None,
+                     factor: float = CONVERGENCE_FACTOR) -> SweepGrid:
+    """KD at ρ = 0 trained ``factor`` times as long (epochs, the rate's step and the
+    validation interval scaled, as :func:`reprolib.config.scale_schedule` does)."""
+    base = make_config("mini", preset, variant, **dict(overrides or {}))
+    long = scale_schedule(base, factor)
+    sched = {"epochs": long.epochs, "lr_step": long.lr_step, "val_every": long.val_every}
+    return SweepGrid(name=f"precondition-{variant}-x{factor:g}", run_preset=preset, methods=("kd",),
+                     rhos=(0.0,), seeds=tuple(seeds), lambdas=(0.0,),
+                     overrides={**dict(overrides or {}), **sched}, world_variant=variant,
+                     note=f"output-only KD at rho=0 with {factor:g}x the steps: the convergence rule")
+
+
+def teacher_signal(cfg: RunConfig, passes: int = 10, device: str = "cpu") -> dict[str, float]:
+    """What the teacher says on ``cfg``'s training images as the students see them.
+
+    ``passes`` augmented epochs of the training split (digits pasted as at
+    ``cfg``'s ρ; the batches of a generator seeded with the run's seed) are scored by the
+    frozen teacher at the KD temperature T. Returns:
+
+    * ``agreement``: share of images whose teacher top class is the label;
+    * ``top_probability``: the teacher's mean top probability at T;
+    * ``digit_only_floor``: ``T² · mean_i KL(p_i ‖ p̄_{digit(i)})``, where ``p̄_d`` is
+      the mean teacher distribution over the images carrying digit ``d`` (images
+      without a digit form one group). A student whose output depends on the digit
+      alone cannot go below it, because the mean minimises the expected KL; at ρ = 1,
+      where the digit is the label, it is the floor of a student that only knows the
+      digit. Compare it with the trained students' final KD loss (``curves["kd"]``).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .data import build_world
+    from .teacher import build_teacher
+
+    if not isinstance(passes, int) or passes < 1:
+        raise ReproError(f"passes={passes!r} must be a positive integer")
+    world = build_world(cfg.data, cfg.seed)
+    teacher = build_teacher(cfg, progress=False).to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    t = float(cfg.temperature)
+    probs, labels, digits = [], [], []
+    with torch.no_grad():
+        for _ in range(passes):
+            for x, y, d in world.batches("train", 256, shuffle=True, generator=gen):
+                x = x.to(device).contiguous(memory_format=torch.channels_last)
+                probs.append(F.softmax(teacher(x).float() / t, dim=1).cpu().double())
+                labels.append(y)
+                digits.append(d)
+    p, y, d = torch.cat(probs), torch.cat(labels), torch.cat(digits)
+    return {
+        "agreement": float((p.argmax(1) == y).double().mean()),
+        "top_probability": float(p.max(1).values.mean()),
+        "digit_only_floor": group_kd_floor(p, d, t),
+        "images_scored": int(len(p)),
+        "passes": passes,
+        "temperature": t,
+    }
+
+
+def group_kd_floor(probs, groups, temperature: float) -> float:
+    """``T² · mean_i KL(p_i ‖ p̄_{g(i)})``: the smallest mean KD loss of any prediction
+    that depends on the group alone (``p̄_g``, the mean of the group's ``p_i``, minimises
+    ``Σ_i KL(p_i ‖ q)`` over distributions ``q``). ``probs``: [N, K] teacher
+    probabilities at the temperature; ``groups``: [N] integer group of each row."""
+    import torch
+
+    p = torch.as_tensor(probs, dtype=torch.float64)
+    g = torch.as_tensor(groups)
+    total = 0.0
+    for value in torch.unique(g):
+        rows = p[g == value]
+        mean = rows.mean(0, keepdim=True)
+        total += float((rows * (rows.clamp_min(1e-300).log() - mean.clamp_min(1e-300).log())).sum())
+    return float(temperature) ** 2 * total / len(p)
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(vals)
+    if n == 0:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    mean = sum(vals) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else math.nan
+    return {"mean": mean, "std": std, "n": n}
+
+
+def rung_report(variant: str, runs: Sequence[dict], long_runs: Sequence[dict],
+                signals: dict[str, dict], preset: str = "quick",
+                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One rung's numbers from its runs' metrics (each a ``metrics.json`` dict).
+
+    ``runs``: KD at ρ ∈ {0, 1}; ``long_runs``: KD at ρ = 0 with 3x the steps;
+    ``signals``: :func:`teacher_signal` per ρ (``"0"``, ``"1"``), averaged over seeds.
+    """
+    from . import verdicts
+    from .config import get_variant
+
+    var = get_variant("mini", variant)
+    cfg = make_config("mini", preset, variant, **dict(overrides or {}))
+    rows = []
+    for m in runs:
+        c = m["config"]
+        curves = m.get("curves") or {}
+        rows.append({
+            "rho": float(c["data"]["contamination_rate"]), "seed": int(c["seed"]),
+            "test_accuracy": m["test_accuracy"], "nonoracle_test_accuracy": m["nonoracle_test_accuracy"],
+            "predicts_digit_differs": m.get("predicts_digit_differs"),
+            "nonoracle_predicts_digit_differs": m.get("nonoracle_predicts_digit_differs"),
+            "val_accuracy": m["val_accuracy"], "best_epoch": m["best_epoch"],
+            "nonoracle_best_epoch": m.get("nonoracle_best_epoch"),
+            "final_kd_loss": (curves.get("kd") or [math.nan])[-1],
+            "teacher_test_accuracy": m["teacher_test_accuracy"],
+            "optimizer_steps": m["optimizer_steps"], "seconds": m.get("seconds"),
+            "threads": m.get("threads"), "config_key": m["config_key"],
+        })
+    rows.sort(key=lambda r: (r["rho"], r["seed"]))
+
+    def by_seed(rho, col):
+        return {r["seed"]: r[col] for r in rows if r["rho"] == rho}
+
+    drops = {sel: verdicts.rung_drop(var.rung, by_seed(0.0, col), by_seed(1.0, col)).to_dict()
+             for sel, col in (("oracle", "test_accuracy"), ("nonoracle", "nonoracle_test_accuracy"))}
+    means = {}
+    for rho in LADDER_RHOS:
+        sel = [r for r in rows if r["rho"] == rho]
+        means[f"{rho:g}"] = {col: _stats([r[col] for r in sel]) for col in (
+            "test_accuracy", "nonoracle_test_accuracy", "predicts_digit_differs",
+            "nonoracle_predicts_digit_differs", "final_kd_loss", "teacher_test_accuracy", "best_epoch")}
+    short = {r["seed"]: r["test_accuracy"] for r in rows if r["rho"] == 0.0}
+    long = {int(m["config"]["seed"]): m["test_accuracy"] for m in long_runs}
+    seeds = sorted(set(short) & set(long))
+    convergence = None
+    if seeds:
+        gain = sum(long[s] - short[s] for s in seeds) / len(seeds)
+        convergence = {"factor": CONVERGENCE_FACTOR, "seeds": seeds,
+                       "test_accuracy": sum(short[s] for s in seeds) / len(seeds),
+                       "test_accuracy_long": sum(long[s] for s in seeds) / len(seeds),
+                       "long_minus_short": gain, "within": abs(gain) <= CONVERGENCE_TOLERANCE,
+                       "optimizer_steps_long": long_runs[0]["optimizer_steps"] if long_runs else None}
+    sizes = split_sizes(cfg.data)
+    return {
+        "rung": var.rung, "variant": var.to_dict(), "preset": preset,
+        "world": {"teacher_recipe": cfg.teacher_recipe, "crop_scale": list(cfg.data.crop_scale),
+                  "lr": cfg.lr, "optimizer_steps": optimizer_steps(cfg),
+                  "train_per_class": round(sizes["train"] / len(cfg.data.subtask_classes)),
+                  "val_images": sizes["val"], "test_images": sizes["test"],
+                  "artifact_size": cfg.data.artifact_size, "temperature": cfg.temperature},
+        "method": "kd", "runs": rows, "means": means, "drop": drops,
+        "convergence": convergence, "teacher_signal": signals,
+    }
