@@ -200,3 +200,82 @@ def rung_report(variant: str, runs: Sequence[dict], long_runs: Sequence[dict],
         "method": "kd", "runs": rows, "means": means, "drop": drops,
         "convergence": convergence, "teacher_signal": signals,
     }
+
+
+# -- the book's reading of the ladder ------------------------------------------------
+
+def load_ladder(results_dir) -> dict[str, Any] | None:
+    """``precondition-ladder.json`` under ``results_dir`` with each tried rung's file
+    under ``"reports"`` (by rung), or ``None`` when the ladder has not been run there."""
+    import json
+    from pathlib import Path
+
+    path = Path(results_dir) / "precondition-ladder.json"
+    if not path.exists():
+        return None
+    ladder = json.loads(path.read_text())
+    ladder["reports"] = {}
+    for t in ladder.get("tried", []):
+        f = Path(results_dir) / t["file"]
+        if f.exists():
+            ladder["reports"][t["rung"]] = json.loads(f.read_text())
+    return ladder
+
+
+def _pm(stat: dict | None, scale: float = 100.0, digits: int = 1) -> str:
+    if not stat or stat.get("mean") is None:
+        return "–"
+    sd = stat.get("std")
+    return (f"{scale * stat['mean']:.{digits}f}" + (f" ± {scale * sd:.{digits}f}" if sd is not None else ""))
+
+
+def ladder_table(ladder: dict[str, Any]):
+    """One row per rung tried, in ladder order: what was changed, KD at ρ = 0 and 1 (%),
+    the drop under both rules (mean ± standard error, points), the share of digit≠label
+    test images KD at ρ = 1 predicts as their digit, the teacher's signal at ρ = 1 and
+    the convergence check; ``met`` is the rule's per-rung decision."""
+    import pandas as pd
+
+    rows = []
+    for t in ladder.get("tried", []):
+        r = ladder.get("reports", {}).get(t["rung"], {})
+        means = r.get("means", {})
+        m0, m1 = means.get("0", {}), means.get("1", {})
+        sig = (r.get("teacher_signal") or {}).get("1", {})
+        conv = r.get("convergence") or {}
+        d_or, d_no = t["drop_oracle"], t["drop_nonoracle"]
+        rows.append({
+            "rung": t["rung"], "variant": t["variant"],
+            "what changes": (r.get("variant") or {}).get("description", ""),
+            "KD ρ=0 (%)": _pm(m0.get("test_accuracy")),
+            "KD ρ=1 (%)": _pm(m1.get("test_accuracy")),
+            "KD ρ=1, non-oracle (%)": _pm(m1.get("nonoracle_test_accuracy")),
+            "drop, oracle (points)": f"{100 * d_or['mean']:.1f} ± {100 * (d_or['se'] or 0):.1f}",
+            "drop, non-oracle (points)": f"{100 * d_no['mean']:.1f} ± {100 * (d_no['se'] or 0):.1f}",
+            "follows the digit (%)": _pm(m1.get("predicts_digit_differs")),
+            "teacher = label (%)": "–" if sig.get("agreement") is None else f"{100 * sig['agreement']:.1f}",
+            "teacher top p": "–" if sig.get("top_probability") is None else f"{sig['top_probability']:.2f}",
+            "digit-only KD floor": "–" if sig.get("digit_only_floor") is None else f"{sig['digit_only_floor']:.2f}",
+            "final KD loss": _pm(m1.get("final_kd_loss"), scale=1.0, digits=3),
+            "teacher test (%)": _pm(m1.get("teacher_test_accuracy")),
+            "3× steps, ρ=0 (points)": ("–" if not conv else f"{100 * conv['long_minus_short']:+.1f}"
+                                        + ("" if conv.get("within") else " (not within 2)")),
+            "met": bool(d_or.get("met")),
+        })
+    return pd.DataFrame(rows)
+
+
+def finding_precondition(ladder: dict[str, Any] | None, variant: str | None) -> str:
+    """The results page's opening sentence: the rule's outcome, and whether the book's
+    world (``variant``) is the rung the rule chose."""
+    if ladder is None:
+        return ("The precondition ladder has not been run here (`python benchmarks/precondition.py`), "
+                "so this page cannot say whether output-only KD takes the shortcut in this world.")
+    choice = ladder["choice"]
+    text = choice["sentence"]
+    tried = ", ".join(f"({t['rung']}) {t['variant']}" for t in ladder.get("tried", []))
+    text += f" Rungs tried, in order: {tried}."
+    if variant is not None and variant != ladder.get("chosen_variant"):
+        text += (f" **This build runs on world variant {variant!r}, not on the rung the rule chose "
+                 f"({ladder.get('chosen_variant')!r}).**")
+    return text

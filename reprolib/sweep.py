@@ -259,6 +259,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
         write_results(results, out_dir)
         results.attrs["sweep"] = {
             "out": str(out_dir), "grid": grid.name, "world": world, "cells": len(cells),
+            "world_variant": variant_name(grid, world),
             "reused": len(plan.reused), "computed": len(plan.todo) - len(failures),
             "redone": len(plan.redo), "failed": len(failures),
             "foreign_finished": plan.foreign_finished,
