@@ -226,7 +226,7 @@ VARIANTS = {"mini": {v.name: v for v in MINI_VARIANTS}, "paper": {}}
 # The book's main world: the rung the precondition rule chose (benchmarks/precondition.py,
 # benchmarks/results/precondition-ladder.json; a test checks the two agree). ``None``:
 # the world's defaults as they are.
-MAIN_VARIANT: dict[str, str | None] = {"mini": "one-epoch-teacher", "paper": None}
+MAIN_VARIANT: dict[str, str | None] = {"mini": "converged-teacher", "paper": None}
 
 
 def get_variant(world: str, name: str | None) -> WorldVariant | None:
