@@ -279,3 +279,52 @@ def finding_precondition(ladder: dict[str, Any] | None, variant: str | None) -> 
         text += (f" **This build runs on world variant {variant!r}, not on the rung the rule chose "
                  f"({ladder.get('chosen_variant')!r}).**")
     return text
+
+
+# -- the contrast: the world where the shortcut does not tempt -----------------------
+
+CONTRAST_VARIANT = "one-epoch-teacher"   # rung (a), the first book's world
+
+
+def contrast_grid(preset: str = "quick", variant: str = CONTRAST_VARIANT) -> SweepGrid:
+    """KD and SubDistill at the authors' λ = 100, ρ ∈ {0, 1}, on the contrast world:
+    the quick grid's own cells there (the smoke preset: one seed, λ = 1, its numbers
+    mean nothing). Trained only after the main world was frozen."""
+    from .grids import AUTHORS_LAMBDA
+
+    smoke = preset == "smoke"
+    return SweepGrid(name=f"contrast-{variant}", run_preset=preset, methods=("kd", "subdistill"),
+                     rhos=LADDER_RHOS, seeds=(1,) if smoke else (1, 2, 3),
+                     lambdas=(1.0,) if smoke else (AUTHORS_LAMBDA,), world_variant=variant,
+                     note=f"the contrast world ({variant}): KD and SubDistill at one λ")
+
+
+def contrast_effects(results, lam: float, selection: str = "oracle"):
+    """KD's drop (ρ = 0 minus ρ = 1) and SubDistill − KD at ρ = 1 at layer weight
+    ``lam``, paired by seed: mean, standard error and seeds, one row per effect.
+    ``results``: a results table (:func:`reprolib.sweep.run_sweep`)."""
+    import numpy as np
+    import pandas as pd
+
+    from .results import SELECTIONS
+    from .verdicts import standard_error
+
+    col = SELECTIONS[selection][1]
+    kd = results[results["method"] == "kd"]
+    sd = results[(results["method"] == "subdistill") & np.isclose(results["lambda_layer"].astype(float), lam)]
+
+    def per_seed(df, rho):
+        d = df[np.isclose(df["rho"].astype(float), rho)]
+        return dict(zip(d["seed"].astype(int), d[col].astype(float)))
+
+    rows = []
+    for name, a, b in (("KD at ρ = 0 − KD at ρ = 1", per_seed(kd, 0.0), per_seed(kd, 1.0)),
+                       ("SubDistill − KD at ρ = 1", per_seed(sd, 1.0), per_seed(kd, 1.0))):
+        seeds = sorted(set(a) & set(b))
+        diffs = [a[s] - b[s] for s in seeds]
+        n = len(diffs)
+        mean = float(np.mean(diffs)) if n else math.nan
+        std = float(np.std(diffs, ddof=1)) if n > 1 else math.nan
+        rows.append({"effect": name, "selection": selection, "mean": mean,
+                     "se": standard_error(std, n), "n_seeds": n})
+    return pd.DataFrame(rows)
