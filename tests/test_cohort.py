@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 
 import pytest
@@ -177,18 +178,57 @@ def test_bf16_autocast_runs_on_the_cpu_and_is_recorded(tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_students_train_like_eager_ones(tmp_path):
-    """compile=True (an FX feature extractor under torch.compile): same run up to rounding.
+def _first_step(cfgs, compile):
+    """One teacher forward and one optimiser step of a fresh cohort: the teacher's outputs,
+    each member's loss and the gradients of its student's parameters (one flat vector)."""
+    cohort = Cohort(cfgs, compile=compile)
+    x, y, t_logits, targets = next(cohort._batches())
+    cohort.step_members(x, y, t_logits, targets)
+    out = []
+    for m in cohort.members:
+        grads = torch.cat([p.grad.reshape(-1) for p in m.student.parameters() if p.grad is not None])
+        out.append((float(m.sums[0]), grads.double()))
+    return t_logits, out
 
-    At the paper's rate (1e-3): rounding differences grow with the step size, and at
-    the mini world's 1e-2 two smoke epochs already drift by 5e-4 (relative)."""
+
+@pytest.mark.numerics
+def test_compiled_students_take_the_eager_first_step():
+    """compile=True (an FX feature extractor under torch.compile) computes what eager does.
+
+    Compared where the arithmetic bounds the difference: the first step only (same
+    initial weights, same batch, same teacher targets). The compiled graph fuses and
+    reorders float32 reductions; each reordering of a sum of n terms changes it by at
+    most about n·u relative to the sum of magnitudes (u = 2^-24 ≈ 6e-8), typically
+    √n·u. The longest reductions here are the batch-norm statistics (batch 16 × 32 × 32
+    = 16 384 terms: √n·u ≈ 8e-6) and the backward through ~20 layers adds them up, so
+    the loss and the gradient vector (relative L2 error) agree to ~1e-4 on any CPU
+    dispatch. Measured on an AMD EPYC (AVX2) under the default, AVX2 and SSE4.1
+    dispatches: below 2e-6 for the loss and 1e-5 for the gradients; the tolerance
+    1e-3 is 100x that margin. A multi-epoch trajectory is not compared: rounding
+    differences grow with every step (the old two-epoch test at rel 1e-4 failed on an
+    AVX-512 Xeon at 1.7e-4 and here at 1.3e-4).
+
+    The teacher runs eagerly in both cohorts: its outputs are bitwise equal.
+    """
     cfgs = [make_config("mini", "smoke", method=m, contamination_rate=1.0, lambda_layer=1.0, lr=1e-3)
             for m in ("kd", "subdistill")]
-    compiled = train_cohort(cfgs, [tmp_path / "c0", tmp_path / "c1"], progress=False, compile=True)
-    eager = train_cohort(cfgs, [tmp_path / "e0", tmp_path / "e1"], progress=False)
-    for c, e in zip(compiled, eager):
-        assert c["compile"] is True and e["compile"] is False
-        assert c["curves"]["loss"] == pytest.approx(e["curves"]["loss"], rel=1e-4)
+    t_c, compiled = _first_step(cfgs, True)
+    t_e, eager = _first_step(cfgs, False)
+    assert torch.equal(t_c, t_e)
+    for (loss_c, g_c), (loss_e, g_e) in zip(compiled, eager):
+        assert loss_c == pytest.approx(loss_e, rel=1e-3)
+        assert float((g_c - g_e).norm() / g_e.norm()) < 1e-3
+        assert float(g_e.norm()) > 0
+
+
+def test_compiled_cohorts_train_and_say_so(tmp_path):
+    """train_cohort(compile=True) runs to the end and records it; its numbers are the
+    eager step's up to rounding (above), so no trajectory is compared here."""
+    cfgs = [make_config("mini", "smoke", method="subdistill", contamination_rate=1.0, lambda_layer=1.0, lr=1e-3)]
+    (c,) = train_cohort(cfgs, [tmp_path / "c0"], progress=False, compile=True)
+    assert c["compile"] is True
+    assert len(c["curves"]["loss"]) == cfgs[0].epochs
+    assert all(math.isfinite(v) for v in c["curves"]["loss"])
 
 
 def test_validation_every_n_epochs_and_the_paired_validation_sets(tmp_path):
