@@ -259,7 +259,7 @@ def ladder_table(ladder: dict[str, Any]):
             "final KD loss": _pm(m1.get("final_kd_loss"), scale=1.0, digits=3),
             "teacher test (%)": _pm(m1.get("teacher_test_accuracy")),
             "3× steps, ρ=0 (points)": ("–" if not conv else f"{100 * conv['long_minus_short']:+.1f}"
-                                        + ("" if conv.get("within") else " (not within 2)")),
+                                        + ("" if conv.get("within") else f" (not within {100 * CONVERGENCE_TOLERANCE:g})")),
             "met": bool(d_or.get("met")),
         })
     return pd.DataFrame(rows)
@@ -307,7 +307,7 @@ def contrast_effects(results, lam: float, selection: str = "oracle"):
     import pandas as pd
 
     from .results import SELECTIONS
-    from .verdicts import standard_error
+    from .verdicts import rung_drop
 
     col = SELECTIONS[selection][1]
     kd = results[results["method"] == "kd"]
@@ -320,11 +320,6 @@ def contrast_effects(results, lam: float, selection: str = "oracle"):
     rows = []
     for name, a, b in (("KD at ρ = 0 − KD at ρ = 1", per_seed(kd, 0.0), per_seed(kd, 1.0)),
                        ("SubDistill − KD at ρ = 1", per_seed(sd, 1.0), per_seed(kd, 1.0))):
-        seeds = sorted(set(a) & set(b))
-        diffs = [a[s] - b[s] for s in seeds]
-        n = len(diffs)
-        mean = float(np.mean(diffs)) if n else math.nan
-        std = float(np.std(diffs, ddof=1)) if n > 1 else math.nan
-        rows.append({"effect": name, "selection": selection, "mean": mean,
-                     "se": standard_error(std, n), "n_seeds": n})
+        d = rung_drop(name, a, b)   # the paired per-seed difference a - b, as the ladder's drop
+        rows.append({"effect": name, "selection": selection, "mean": d.mean, "se": d.se, "n_seeds": d.n})
     return pd.DataFrame(rows)
