@@ -3,7 +3,10 @@
 #               + Jupyter Book -> _build/html + the browser check of every page (scripts/check_book.py)
 #   make test   venv + data + the smoke book (notebooks executed with the smoke preset, built and checked in
 #               headless Chromium; its numbers mean nothing) + the whole test suite
-#               (measured on 2 shared cores: smoke notebooks ~9 min wall, book build ~20 s, browser check ~25 s)
+#               + the numerics-marked tests again under other CPU dispatches (NUMERICS_ISAS), so one machine
+#               tests what users with other CPUs see
+#               (measured on 2 shared cores: smoke notebooks ~9 min wall, book build ~20 s, browser check ~25 s,
+#               the two extra numerics passes ~2.5 min together)
 #
 # Contract with tests/test_notebooks.py: when `make test` has executed every notebook with the smoke preset
 # successfully, it runs pytest with REPROLIB_NOTEBOOKS_EXECUTED=1, so the notebooks are not executed twice.
@@ -16,8 +19,12 @@ STAMP := $(VENV)/.reprolib-installed
 PRESET ?= quick
 # The smoke book's pages must say that their numbers mean nothing.
 SMOKE_CHECK ?= --require-text 'mean.nothing'
+# CPU dispatches under which `make test` reruns the numerics-marked tests (`;`-separated settings of
+# environment variables). oneDNN and ATen pick their kernels (vector width, accumulation order) from these,
+# as they would on a CPU that has only AVX2, or AVX-512 without the newer extensions (VNNI, BF16, AMX).
+NUMERICS_ISAS ?= ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2;ONEDNN_MAX_CPU_ISA=AVX512_CORE
 
-.PHONY: book test venv data notebooks book-html book-check smoke-book browser clean benchmarks
+.PHONY: book test test-numerics venv data notebooks book-html book-check smoke-book browser clean benchmarks
 
 venv: $(STAMP)
 
@@ -81,7 +88,19 @@ test: data
 	  status=1; echo "the smoke notebooks failed: pytest executes them again to report why"; \
 	fi; \
 	$(PY) -m pytest -q || status=1; \
+	$(MAKE) --no-print-directory test-numerics || status=1; \
 	exit $$status
+
+# The numerics-marked tests (pytest -m numerics) once per setting of NUMERICS_ISAS, each with its own
+# TorchInductor cache: compiled kernels cached under one dispatch must not be reused under another.
+test-numerics: venv
+	@status=0; isas='$(NUMERICS_ISAS)'; IFS=';'; for isa in $$isas; do IFS=' '; \
+	  cache=$$(mktemp -d); start=$$(date +%s); \
+	  echo "numerics tests under $$isa"; \
+	  env $$isa TORCHINDUCTOR_CACHE_DIR=$$cache \
+	    $(PY) -m pytest -q -m numerics -p no:cacheprovider || status=1; \
+	  echo "numerics tests under $$isa: $$(( $$(date +%s) - start )) s"; rm -rf $$cache; \
+	done; exit $$status
 
 benchmarks: data
 	$(PY) benchmarks/step_time.py

@@ -57,6 +57,7 @@ def test_tsne_uses_the_protocol_settings():
     np.testing.assert_array_equal(embedding.tsne(f, seed=3), expected)
 
 
+@pytest.mark.numerics
 def test_pooled_features_shape_and_restored_mode():
     torch.manual_seed(0)
     model = mini_student()

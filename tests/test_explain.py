@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,10 +46,44 @@ def test_explain_writes_both_analyses_and_reuses_them(smoke_sweep, tmp_path, cap
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
 
 
-def test_selected_runs_take_the_chosen_lambda(smoke_sweep):
-    runs = selected_runs(smoke_sweep)
+@pytest.fixture(scope="module")
+def two_lambda_sweep(smoke_sweep, tmp_path_factory):
+    """The smoke grid with two λ (1 and 10): the λ = 1 runs are copied from the smoke
+    sweep (resumed, not retrained), the λ = 10 runs are trained. The validation
+    accuracies in results.csv are then rewritten so that λ = 10 wins at ρ = 0 and
+    λ = 1 at ρ = 1: smoke runs' accuracies tie too often to tell a right λ from a wrong one."""
+    import shutil
+
+    from reprolib.grids import SweepGrid
+
+    out = tmp_path_factory.mktemp("sweep2")
+    shutil.copytree(smoke_sweep / "runs", out / "runs")
+    grid = SweepGrid(name="smoke-two-lambdas", run_preset="smoke", methods=("kd", "subdistill"),
+                     rhos=(0.0, 1.0), seeds=(1,), lambdas=(1.0, 10.0))
+    results = run_sweep(grid, out, progress=False)
+    sd = results["method"] == "subdistill"
+    assert sorted(results.loc[sd, "lambda_layer"].astype(float).unique()) == [1.0, 10.0]
+    wins = np.where(np.isclose(results["rho"], 0.0), 10.0, 1.0)
+    results.loc[sd, "val_accuracy"] = np.where(np.isclose(results.loc[sd, "lambda_layer"], wins[sd]), 0.9, 0.1)
+    results.to_csv(out / "results.csv", index=False)
+    return out
+
+
+def test_selected_runs_take_the_chosen_lambda(two_lambda_sweep):
+    """Each selected SubDistill run has the λ that won its ρ (10 at ρ = 0, 1 at ρ = 1), and its
+    folder is the run trained with that λ (the checkpoint's own config says so)."""
+    from reprolib.io import load_state_dict_file
+
+    runs = selected_runs(two_lambda_sweep)
     assert len(runs) == 4 and set(runs["method"]) == {"kd", "subdistill"}
-    assert runs["run_dir"].map(lambda d: (smoke_sweep / d).exists() or __import__("os").path.exists(d)).all()
+    sd = runs[runs["method"] == "subdistill"].sort_values("rho")
+    assert sd["rho"].tolist() == [0.0, 1.0]
+    assert sd["lambda_layer"].astype(float).tolist() == [10.0, 1.0]
+    for _, r in sd.iterrows():
+        ckpt = load_state_dict_file(Path(r["run_dir"]) / "student.pt", "student checkpoint", ("student", "config"))
+        assert float(ckpt["config"]["lambda_layer"]) == float(r["lambda_layer"])
+    kd = runs[runs["method"] == "kd"]
+    assert kd["lambda_layer"].isna().all() and sorted(kd["rho"]) == [0.0, 1.0]
 
 
 def test_explain_bad_input(tmp_path, capsys):

@@ -137,7 +137,11 @@ def test_confusion_matrix_always_square():
 def test_spectra_and_energy():
     subs = [SimpleNamespace(eigenvalues=np.linspace(10, 0.1, 16), basis=np.zeros((16, 4)), layer=f"layer{i}")
             for i in (1, 2)]
-    assert len(_is_figure(figures.spectra(subs)).axes) == 2
+    fig = _is_figure(figures.spectra(subs))
+    assert len(fig.axes) == 2
+    for ax, sub in zip(fig.axes, subs):   # each panel draws its layer's eigenvalues and marks the kept K
+        assert np.allclose(ax.lines[0].get_ydata(), sub.eigenvalues)
+        assert ax.lines[1].get_xdata()[0] == sub.basis.shape[1] and ax.get_title() == f"layer {sub.layer}"
     energy = pd.DataFrame({"fitted_on_rho": [0.0, 0.0, 1.0, 1.0], "layer": ["l1", "l2", "l1", "l2"],
                            "digit_energy_in_U_K": [0.8, 0.85, 0.82, 0.87],
                            "in_random_K_subspace": [0.5, 0.5, 0.5, 0.5]})
@@ -162,7 +166,18 @@ def test_lrp_grid():
     images = rng.random((8, 1, 12, 12))
     heat = {"teacher": rng.normal(size=(8, 12, 12)), "kd|1": rng.normal(size=(8, 12, 12))}
     fig = _is_figure(figures.lrp_grid(images, heat, 1.0, ["kd", "vid"], (0, 0, 3), np.zeros(8), np.ones(8), n=4))
-    assert len(fig.axes) == 3 * 4
+    assert len(fig.axes) == 3 * 4     # image row, teacher, KD; VID has no maps at ρ = 1 and gets no row
+    axes = np.asarray(fig.axes).reshape(3, 4)
+    assert [a.get_ylabel() for a in axes[:, 0]] == ["image", figures.METHOD_SHORT.get("teacher", "teacher"),
+                                                    figures.METHOD_SHORT["kd"]]
+    for j in range(4):
+        np.testing.assert_array_equal(axes[0, j].images[0].get_array(), images[j, 0])
+        np.testing.assert_array_equal(axes[1, j].images[0].get_array(), heat["teacher"][j])
+        np.testing.assert_array_equal(axes[2, j].images[0].get_array(), heat["kd|1"][j])
+        v = np.abs(heat["kd|1"][j]).max()                    # symmetric colour scale: 0 is white
+        assert axes[2, j].images[0].get_clim() == pytest.approx((-v, v))
+        assert len(axes[2, j].patches) == 1 and axes[2, j].patches[0].get_width() == 3   # the digit patch
+    assert axes[0, 0].get_title() == "class 0, digit 1"
 
 
 def test_example_grid_on_smoke_world():
@@ -170,8 +185,20 @@ def test_example_grid_on_smoke_world():
     from reprolib.data import build_world
 
     cfg = make_config("mini", "smoke", contamination_rate=1.0)
-    fig = _is_figure(figures.example_grid({1.0: build_world(cfg.data, 1)}, n=3))
-    assert len(fig.axes) == 9
+    world = build_world(cfg.data, 1)
+    fig = _is_figure(figures.example_grid({1.0: world}, n=3))
+    assert len(fig.axes) == 9          # train, val, test rows × 3 images
+    axes = np.asarray(fig.axes).reshape(3, 3)
+    for r, split in enumerate(("train", "val", "test")):
+        plan = world.plans[split]
+        order = np.argsort(~plan.plan.has_digit, kind="stable")[:3]
+        for c in range(3):
+            i = order[c]
+            d = int(plan.plan.digit[i])
+            assert axes[r, c].get_title() == f"class {int(plan.labels[i])}, digit {'–' if d < 0 else d}"
+            np.testing.assert_allclose(axes[r, c].images[0].get_array(),
+                                       world.pixels(split, [i]).numpy()[0].transpose(1, 2, 0).squeeze(-1))
+    assert axes[0, 0].get_ylabel().startswith("ρ = 1")
 
 
 def test_calibration_effects_feed_the_figure():

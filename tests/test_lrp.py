@@ -76,6 +76,7 @@ CASES = {
 }
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("case", list(CASES))
 def test_canonized_model_computes_the_same_function_and_is_restored(case):
     build, shape = CASES[case]
@@ -119,6 +120,7 @@ def test_relevance_leaves_the_model_exactly_as_it_was(case):
     _assert_restored(model, snap, x, out)
 
 
+@pytest.mark.numerics
 def test_heatmaps_do_not_depend_on_batching():
     torch.manual_seed(2)
     model = _randomise_batchnorm(mini_student())
@@ -128,6 +130,7 @@ def test_heatmaps_do_not_depend_on_batching():
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("case", ["mini_student", "frozen_mini_teacher"])
 def test_epsilon_relevance_sums_to_the_logit_gap_without_biases(case):
     torch.manual_seed(3)
@@ -230,6 +233,7 @@ def test_bounds_are_required_and_rule_names_checked():
         lrp.build_composite(model, LOW, HIGH, rule="alpha_beta")
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("case", ["frozen_mini_teacher", "resnet18-s"])
 def test_fast_gamma_matches_zennit_gamma(case):
     build, shape = CASES[case]
@@ -243,6 +247,7 @@ def test_fast_gamma_matches_zennit_gamma(case):
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5 * slow.abs().max().item())
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("sign", ["non-negative", "mixed"])
 def test_post_relu_gamma_rule_equals_zennit_gamma_on_one_layer(sign):
     from zennit.composites import LayerMapComposite

@@ -54,6 +54,7 @@ def current():
     return make_golden.compute_golden()
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("key", sorted(GOLDEN))
 def test_golden_values(current, key):
     assert key in current
@@ -82,6 +83,7 @@ def test_attention_map_is_normalised_channel_mean_of_squares():
     torch.testing.assert_close(a, raw / raw.norm(dim=1, keepdim=True))
 
 
+@pytest.mark.numerics
 def test_vid_loss_matches_gaussian_nll():
     m = make("vid", [(6, 4, 4)], [(3, 2, 2)])
     t, s = feats([(6, 4, 4)])[0], feats([(3, 2, 2)], seed=1)[0]
@@ -90,6 +92,7 @@ def test_vid_loss_matches_gaussian_nll():
     torch.testing.assert_close(m.layer_losses([s], [t])[0], expected.mean(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.numerics
 def test_subdistill_loss_matches_per_position_sum():
     m = make("subdistill", [(6, 4, 4)], [(3, 2, 2)])
     t, s = feats([(6, 4, 4)])[0], feats([(3, 2, 2)], seed=1)[0]

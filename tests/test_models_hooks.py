@@ -245,10 +245,17 @@ def test_load_paper_teacher_with_a_weights_file(fake_resnet18_weights):
 def test_load_paper_teacher_from_the_torch_cache(tmp_path, monkeypatch, fake_resnet18_weights):
     ckpt = tmp_path / "torch" / "hub" / "checkpoints"
     ckpt.mkdir(parents=True)
-    (ckpt / "resnet18-f37072fd.pth").write_bytes(fake_resnet18_weights.read_bytes())
+    # Marked weights (a fresh initialisation, even with seed 0, cannot have fc.bias == 7).
+    saved = torch.load(fake_resnet18_weights, weights_only=True)
+    saved["fc.bias"] = torch.full_like(saved["fc.bias"], 7.0)
+    torch.save(saved, ckpt / "resnet18-f37072fd.pth")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     model = load_paper_teacher("resnet18")
     assert isinstance(model, torchvision.models.ResNet)
+    # The weights are those in the cache.
+    loaded = model.state_dict()
+    assert set(saved) <= set(loaded)
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
 
 
 def test_load_paper_teacher_wrong_weights_and_unknown_name(tmp_path, fake_resnet18_weights):

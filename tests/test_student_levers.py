@@ -22,6 +22,7 @@ def _load():
     return mod
 
 
+@pytest.mark.numerics
 def test_stacked_students_match_separate_students_forward_and_gradients():
     levers = _load()
     torch.manual_seed(3)

@@ -44,6 +44,7 @@ def test_prca_matrix_formula():
                                sac + sac.T + 2 * gamma * sa + 2 / gamma * sc)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("a_scale,c_scale", [(3.0, 1.0), (1.0, 0.01), (25.0, 4.0)])
 def test_prca_matrix_is_invariant_to_rescaling(a_scale, c_scale):
     A, C = stats()

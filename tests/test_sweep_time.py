@@ -21,6 +21,7 @@ def test_compare_cohort_prints_speedup_and_the_bound_of_sharing():
     lines = proc.stdout.strip().splitlines()
     assert re.fullmatch(r"cohort speedup \d+\.\d\d \(2 students, separate [\d.]+ s, cohort [\d.]+ s\)", lines[-1])
     report = json.loads("\n".join(lines[:-1]))
+    # Bitwise: both sides step the same students with the same kernels, on this machine, at 1 thread.
     assert report["bitwise_identical_students"] is True and report["students"] == 2
     assert 0 < report["teacher_share_of_cohort_steps"] < 1
     # Without its teacher forward the cohort's steps are shorter, so the bound is above the speedup.
@@ -38,6 +39,7 @@ def test_compare_split_prints_its_line_and_identical_results():
     assert re.fullmatch(r"split speedup \d+\.\d\d \(2 cohorts, 4 workers, whole [\d.]+ s, split [\d.]+ s; "
                         r"estimated \d+\.\d\d\)", lines[-1])
     report = json.loads("\n".join(lines[:-1]))
+    # Identical: whole and split cohorts run the same kernels at the same thread count on this machine.
     assert report["identical_results"] is True
     assert (report["tasks_whole_run"], report["tasks_split_run"]) == (2, 4)   # 2 cohorts of 2 on 4 workers
 
