@@ -495,6 +495,11 @@ def finding_teacher_gap(summary, teacher_accuracy: float, selection: str = "orac
             f"({teacher_accuracy:.3f}) on the same test set.")
 
 
+# finding_digit_following calls the shortcut partial when no baseline predicts the digit
+# more than this far above chance (a share of digit-bearing test images).
+MILD_SHORTCUT = 0.15
+
+
 def finding_digit_following(summary, selection: str = "oracle", rho: float = 1.0, chance: float = CHANCE) -> str:
     """How often the students at ρ predict the painted digit, against chance."""
     f = {m: cell(summary, m, rho, selection, "predicts_digit") for m in _methods(summary, selection, rho)}
@@ -511,8 +516,11 @@ def finding_digit_following(summary, selection: str = "oracle", rho: float = 1.0
                  (f"{', '.join(name(m) for m in above)} beyond seed noise" if above else "none beyond seed noise"))
         text = (f"At ρ = {rho:g} the baselines predict the painted digit on {span} of digit-bearing "
                 f"test images (chance {chance:.0%}; {noise}). ")
-        if hi - chance < 0.15:
-            text += "So little shortcut-following leaves the test little power to separate the methods. "
+        if hi - chance < MILD_SHORTCUT:
+            # A statement of the measured share, not of the test's power: whether the methods
+            # separate is finding_similar_methods' question, answered with seed noise.
+            text += (f"Even the baseline that follows the digit most ({name(max(base, key=lambda m: base[m].mean))}) "
+                     f"is within {MILD_SHORTCUT * 100:.0f} points of chance: the shortcut is partial. ")
     if "subdistill" in f:
         text += f"SubDistill: {f['subdistill'].mean:.0%}."
     return text.strip()

@@ -168,6 +168,11 @@ def test_findings_sentences():
     assert "15 points below the teacher" in t
     f = V.finding_digit_following(s)
     assert "60%" in f and "chance 20%" in f and "SubDistill: 30%" in f
+    assert "partial" not in f                     # 40 points above chance
+    mild = V.finding_digit_following(summary({("kd", 1.0): (0.6, 0.01, 0.34, 0.01),
+                                              ("at", 1.0): (0.7, 0.01, 0.25, 0.01)}))
+    assert "Even the baseline that follows the digit most (KD) is within 15 points of chance" in mild
+    assert "power" not in mild
     same = V.finding_similar_methods(s, methods=("kd", "at"))
     assert "nearly the same network" in same
     apart = V.finding_similar_methods(summary({("kd", 1.0): (0.5, 0.0), ("at", 1.0): (0.7, 0.0)}),
