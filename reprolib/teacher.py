@@ -44,12 +44,14 @@ class TeacherConfig:
     augmentation, ``epochs`` passes over the 60,000 training images. The named
     recipes (:data:`TEACHER_RECIPES`) differ only in ``epochs``:
 
-    * ``1-epoch``: the first book's teacher (0.909 ten-class, 0.849 subtask test
-      accuracy in fp32). It fits its own training images loosely, and output-only
+    * ``1-epoch``: the first book's teacher (0.9105 ten-class, 0.8496 subtask test
+      accuracy in fp32; 209 s on 2 threads of a Zen 4 EPYC). It fits its own training images loosely, and output-only
       KD hardly followed the digit with it (book, "Decisions": "the precondition").
     * ``10-epoch`` and ``20-epoch``: trained to convergence, as the paper's
       ImageNet teacher is; which one the main world uses is decided by the
-      teacher's convergence rule (``benchmarks/teacher_convergence.py``).
+      teacher's convergence rule (``benchmarks/teacher_convergence.py``). It chose
+      ``10-epoch`` (0.9372 ten-class, 0.8930 subtask, 0.99995 on its training
+      images; ``20-epoch`` scores 0.9365; ``benchmarks/results/teacher-convergence-cpu.json``).
 
     The students' random-resized-crop augmentation (``augment=True``) cost 2.5
     points at one epoch, so it stays off; the paper's teacher is torchvision's
@@ -58,9 +60,11 @@ class TeacherConfig:
 
     ``precision``: ``"fp32"`` (the default, so the teacher is the same model on
     every CPU) or ``"bf16"`` (autocast forward; weights, optimiser and loss in
-    fp32), which is 1.9x faster on CPUs with native bf16 (AVX512-BF16, AMX) and
-    refused elsewhere, where it is emulated and 12x slower (one step at batch 128
-    on an AVX2-only AMD EPYC: 0.43 s fp32, 5.4 s bf16; :func:`reprolib.devices.check_cpu_bf16`).
+    fp32), which is about 2x faster on CPUs with native bf16 (AVX512-BF16, AMX: one
+    step at batch 128 on a Zen 4 EPYC with AVX512-BF16, 2 threads: 0.19 s bf16,
+    0.36-0.41 s fp32) and refused elsewhere, where it is emulated and 12x slower
+    (an AVX2-only AMD EPYC: 0.43 s fp32, 5.4 s bf16; :func:`reprolib.devices.check_cpu_bf16`).
+    The book's teachers are trained in fp32, so that they are the same on every CPU.
     """
 
     epochs: int = 1

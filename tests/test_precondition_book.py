@@ -97,3 +97,26 @@ def test_the_books_main_world_is_the_ladders_choice():
     for t in ladder["tried"]:   # every rung's file is committed beside it, with KD alone
         r = json.loads((RESULTS / t["file"]).read_text())
         assert r["method"] == "kd" and not r.get("smoke") and len(r["runs"]) == 6
+
+
+def test_the_converged_teacher_is_the_convergence_rules_choice():
+    """CONVERGED_TEACHER is not chosen by hand: it is the recipe the committed teacher-convergence run chose."""
+    from reprolib import verdicts as V
+    from reprolib.config import CONVERGED_TEACHER
+    from reprolib.teacher import TEACHER_RECIPES
+
+    path = RESULTS / "teacher-convergence-cpu.json"
+    if not path.exists():
+        pytest.skip("no committed teacher-convergence run")
+    r = json.loads(path.read_text())
+    assert not r["smoke"] and r["choice"]["converged"]
+    chosen = TEACHER_RECIPES[CONVERGED_TEACHER]
+    assert chosen.epochs == r["choice"]["epochs"]
+    # the file's recipe is the named recipe's, apart from the epochs the rule varies
+    for field, value in r["recipe"].items():
+        got = getattr(chosen, field)
+        assert (list(got) if isinstance(got, tuple) else got) == value, field
+    # the rule, rerun on the file's own accuracies, gives the same choice
+    acc = {t["epochs"]: t["accuracy_10class"] for t in r["teachers"]}
+    assert V.teacher_convergence(acc).epochs == chosen.epochs
+    assert get_variant("mini", MAIN_VARIANT["mini"]).fields == (("teacher_recipe", CONVERGED_TEACHER),)
