@@ -63,7 +63,8 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
-    from reprolib import sweep
+    from reprolib.results import load_results, select_lambda
+    from reprolib.rundirs import check_run, run_dir_for
     from reprolib.cohort import train_cohort
     from reprolib.config import METHODS, make_config, optimizer_steps, scale_schedule
     from reprolib.errors import ReproError
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     methods = tuple(args.methods or METHODS)
     lambdas = {m: (0.0 if m == "kd" else args.lam) for m in methods}
     if args.sweep:
-        summary = sweep.select_lambda(sweep.load_results(args.sweep), "oracle")
+        summary = select_lambda(load_results(args.sweep), "oracle")
         for m in methods:
             row = summary[(summary["method"] == m) & ((summary["rho"] - args.rho).abs() < 1e-9)]
             if m != "kd" and len(row):
@@ -108,14 +109,14 @@ def main(argv=None) -> int:
         def where(c):
             """The folder of c's run: a finished one in --reuse, else ours."""
             if args.reuse:
-                theirs = sweep.run_dir_for(args.reuse, c)
-                if sweep.check_run(theirs, c.key()) is None:
+                theirs = run_dir_for(args.reuse, c)
+                if check_run(theirs, c.key()) is None:
                     return theirs
-            return sweep.run_dir_for(out, c)
+            return run_dir_for(out, c)
 
         def todo(cfgs):
             dirs = [where(c) for c in cfgs]
-            left = [(c, d) for c, d in zip(cfgs, dirs) if sweep.check_run(d, c.key()) is not None]
+            left = [(c, d) for c, d in zip(cfgs, dirs) if check_run(d, c.key()) is not None]
             for _c, d in left:
                 d.mkdir(parents=True, exist_ok=True)
             return [c for c, _ in left], [d for _, d in left]

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="default: $REPROLIB_CACHE/recipe-pilot/mini-<preset>")
     args = p.parse_args(argv)
 
-    from reprolib import sweep
+    from reprolib.rundirs import run_dir_for
     from reprolib.cohort import train_cohort
     from reprolib.config import make_config, optimizer_steps, scale_schedule, steps_per_epoch
     from reprolib.errors import ReproError
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
             reads finished runs back instead of training them again)."""
             print(f"{len(cfgs)} students for {optimizer_steps(cfgs[0])} steps (finished runs are reused)",
                   file=sys.stderr, flush=True)
-            return train_cohort(cfgs, [sweep.run_dir_for(out, c) for c in cfgs], progress=False,
+            return train_cohort(cfgs, [run_dir_for(out, c) for c in cfgs], progress=False,
                                 threads=args.threads)
 
         start = time.time()

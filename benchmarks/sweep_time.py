@@ -49,8 +49,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:          # run from a source checkout
     sys.path.insert(0, str(ROOT))
 
-from reprolib.sweep import (SWEEP_PRESETS, cpu_count, expand_grid, group_cohorts,  # noqa: E402
-                            resolve_device, run_sweep)
+from reprolib.devices import resolve_device  # noqa: E402
+from reprolib.executors import cpu_count  # noqa: E402
+from reprolib.grids import expand_grid, group_cohorts, SWEEP_PRESETS  # noqa: E402
+from reprolib.sweep import run_sweep  # noqa: E402
 
 
 def compare_cohort(args) -> int:

@@ -119,7 +119,7 @@ TRAIN_KEYS = DATA_KEYS + ("method", "lambda_layer", "lambda_task", "epochs", "ba
 
 
 def cmd_train(args) -> int:
-    from .train import train_run
+    from .cohort import train_run
 
     cfg = config_from_args(args, TRAIN_KEYS)
     check_threads(args.threads, "--threads")

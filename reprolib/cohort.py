@@ -9,7 +9,7 @@ distinct teacher transform once), and then takes each student's own optimiser
 step. Each member is initialised exactly as a separate run is (re-seeded
 before its student and its method are built), so on the CPU, with the same
 thread count, every student, curve and metric is bitwise identical to the one
-:func:`reprolib.train.train_run` gives on its own (``tests/test_cohort.py``).
+:func:`train_run` gives on its own (``tests/test_cohort.py``).
 
 The step never reads a loss to the host: each member accumulates its loss
 terms (in float64, so the per-epoch means equal the former host sums) and the
@@ -44,9 +44,9 @@ from .data import World, build_world
 from .errors import ReproError
 from .grids import COHORT_FIELDS, cohort_key
 from .hooks import resolve_modules
-from .io import check_output_dir, check_threads, read_json, strict, torch_save, write_json
+from .io import check_output_dir, check_threads, read_json
 from .models import build_student
-from .rundirs import check_run
+from .rundirs import check_run, write_run
 from .teacher import build_teacher
 from .train import (relevant_subspaces, resolve_device, seed_everything, split_accuracies,
                     teacher_test_metrics)
@@ -613,11 +613,19 @@ def _write_member(cohort: Cohort, m: _Member, results: dict, teacher_metrics: di
         "code_version": CODE_VERSION,
         "torch": torch.__version__,
     }
-    if m.out_dir is not None:
-        m.out_dir.mkdir(parents=True, exist_ok=True)
-        metrics["student_sha256"] = torch_save(   # check_run verifies it (harden)
-            {"student": m.student.state_dict(), "method": m.method.state_dict(),
-             "config": cfg.to_dict(), "config_key": cfg.key()}, m.out_dir / "student.pt")
-        write_json(m.out_dir / "metrics.json", metrics)   # last: marks the run complete
-        metrics = strict(metrics)   # as a resumed member reads it back: NaN is null (harden)
+    if m.out_dir is not None:   # student.pt, then metrics.json last (rundirs: the folder's contract)
+        metrics = write_run(m.out_dir, {"student": m.student.state_dict(), "method": m.method.state_dict(),
+                                        "config": cfg.to_dict(), "config_key": cfg.key()}, metrics)
     return metrics
+
+
+def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, device: str = "cpu",
+              progress: bool = True, threads: int | None = None, world: World | None = None,
+              precision: str = "fp32", compile: bool = False) -> dict[str, Any]:
+    """Train one student; write ``student.pt`` then ``metrics.json`` into ``out_dir``.
+
+    A cohort of one (:func:`train_cohort`); always trains, even when ``out_dir``
+    already holds a finished run.
+    """
+    return train_cohort([cfg], [out_dir], device=device, progress=progress, threads=threads,
+                        world=world, precision=precision, compile=compile, resume=False)[0]

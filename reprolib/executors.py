@@ -52,7 +52,7 @@ def execute_task(task: Task, device: str, threads: int, run_fn: RunFn | None,
 
     ``run_fn=None`` and ``cohort=True``: one :func:`~reprolib.cohort.train_cohort`
     call for the whole task. ``run_fn=None`` and ``cohort=False``:
-    :func:`~reprolib.train.train_run` per run. A custom ``run_fn`` (tests,
+    :func:`~reprolib.cohort.train_run` per run. A custom ``run_fn`` (tests,
     stand-ins) is called per run, in order, inside the same task.
     """
     start = time.perf_counter()
@@ -83,7 +83,7 @@ def execute_task(task: Task, device: str, threads: int, run_fn: RunFn | None,
             statuses[cfg.key()] = _status(cfg.key(), i not in errors, wall, errors.get(i))
     else:
         if run_fn is None:
-            from .train import train_run
+            from .cohort import train_run
 
             def run_fn(cfg, run_dir, **kw):
                 return train_run(cfg, run_dir, precision=precision, compile=compile, **kw)

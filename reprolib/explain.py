@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 from .errors import ReproError
-from .io import atomic_path, check_output_dir, check_results_table, check_run_folders, read_json, \
-    write_json, write_text
+from .io import atomic_path, check_output_dir, read_json, write_json, write_text
+from .results import check_results_table
+from .rundirs import check_run_folders
 
 ANALYSIS_RHOS = (0.0, 0.5, 1.0)
 
@@ -117,7 +118,7 @@ def explain_sweep(sweep_dir: str | Path, out_dir: str | Path, *, tsne_images: in
     from . import embedding, lrp
     from .config import RunConfig
     from .teacher import build_teacher
-    from .train import load_student
+    from .rundirs import load_student
 
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     check_output_dir(out_dir, "--out")   # before any work, not when saving

@@ -230,7 +230,7 @@ def accuracy_per_lambda(results, chosen=None, selection: str = "oracle", metric:
     per ρ, the selected λ circled. ``chosen`` is the ``select_lambda`` table. KD has
     no λ: a horizontal line."""
     import pandas as pd
-    from .sweep import SELECTIONS
+    from .results import SELECTIONS
 
     metric = metric or SELECTIONS[selection][0]
     rhos = sorted(results["rho"].astype(float).unique())

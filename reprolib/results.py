@@ -181,3 +181,28 @@ def _mean_std(values: "pd.Series") -> tuple[float, float]:
     std = float(values.std(ddof=1)) if values.count() > 1 else 0.0
     return mean, std
 
+
+RESULTS_COLUMNS_NEEDED = ("method", "rho", "seed", "lambda_layer", "val_accuracy", "test_accuracy",
+                          "run_dir")
+
+
+def check_results_table(loader, sweep_dir: str | os.PathLike):
+    """``loader(sweep_dir)`` (a sweep's results.csv as a DataFrame), or a
+    :class:`ReproError` naming the file when it is empty, unparsable or not a
+    reprolib results table."""
+    path = Path(sweep_dir) / "results.csv"
+    try:
+        table = loader(sweep_dir)
+    except ReproError:
+        raise
+    except (ValueError, UnicodeDecodeError, OSError) as exc:   # pandas' EmptyDataError, ParserError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ReproError(f"{path} is not a readable results table ({first}); rerun "
+                         f"`python -m reprolib sweep --out {sweep_dir}` to rewrite it") from None
+    missing = [c for c in RESULTS_COLUMNS_NEEDED if c not in table.columns]
+    if missing:
+        raise ReproError(f"{path} is not a reprolib results table (no column(s) {missing}); rerun "
+                         f"`python -m reprolib sweep --out {sweep_dir}` to rewrite it")
+    if table.empty:
+        raise ReproError(f"{path} lists no finished run; run the sweep first")
+    return table

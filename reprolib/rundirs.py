@@ -1,4 +1,6 @@
-"""The contract of a finished run folder, defined once.
+"""The contract of a finished run folder, defined once: its files, the types of its
+metrics, the numerics it was computed with, and the check of a sweep's folders
+before any work (:func:`check_run_folders`, :func:`check_numerics`).
 
 A run folder holds ``student.pt`` and then, written last and atomically,
 ``metrics.json``. It is *finished* when ``metrics.json`` parses, has every key
@@ -15,8 +17,10 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from . import io
+from .errors import ReproError
 from .io import read_json
 
 # What a finished run's metrics.json must hold (the trainer's contract).
@@ -56,7 +60,7 @@ def check_run(run_dir: str | os.PathLike, key: str | None = None) -> str | None:
     if isinstance(metrics, dict) and metrics.get("config_key", key) != key:
         return f"metrics.json names config key {metrics['config_key']!r}, not {key!r}"
     # Every key with its type; student.pt matches its sha256 or loads (harden).
-    return io.check_run_files(run_dir, metrics, REQUIRED_METRICS, STUDENT_FILE)
+    return check_run_files(run_dir, metrics, REQUIRED_METRICS, STUDENT_FILE)
 
 
 def clear_run_dir(run_dir: str | os.PathLike) -> None:
@@ -70,3 +74,132 @@ def clear_run_dir(run_dir: str | os.PathLike) -> None:
         else:
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+
+
+# What each key of a finished run's metrics.json must hold. Split accuracies are
+# null where the split is empty (rho = 0 has no digit-bearing image).
+_NUMBER, _OPTIONAL_NUMBER, _INT = "a number", "a number or null", "an integer"
+METRIC_TYPES = {
+    "test_accuracy": _NUMBER, "val_accuracy": _NUMBER, "best_epoch": _INT,
+    "test_accuracy_with_digit": _OPTIONAL_NUMBER, "test_accuracy_digit_differs": _OPTIONAL_NUMBER,
+    "predicts_digit": _OPTIONAL_NUMBER, "teacher_test_accuracy": _OPTIONAL_NUMBER,
+    "nonoracle_val_accuracy": _OPTIONAL_NUMBER, "nonoracle_test_accuracy": _OPTIONAL_NUMBER,
+    "seconds": _NUMBER, "curves": "an object", "config": "an object",
+    "config_key": "a string", "code_version": "a string", "student_sha256": "a string",
+}
+
+
+def _has_type(value: Any, kind: str) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return {_NUMBER: number, _OPTIONAL_NUMBER: number or value is None,
+            _INT: isinstance(value, int) and not isinstance(value, bool),
+            "an object": isinstance(value, dict), "a string": isinstance(value, str)}[kind]
+
+
+def check_run_files(run_dir: str | os.PathLike, metrics: Any, required: tuple[str, ...],
+                    checkpoint: str = "student.pt") -> str | None:
+    """``None`` if ``metrics`` (a parsed metrics.json) has every ``required`` key
+    with the right type and the run's checkpoint is complete, else why not.
+
+    The checkpoint must match ``student_sha256`` when metrics.json records it,
+    else load with ``weights_only=True``.
+    """
+    if not isinstance(metrics, dict):
+        return "metrics.json is not a JSON object"
+    missing = [k for k in required if k not in metrics]
+    if missing:
+        return f"metrics.json lacks {', '.join(missing)}"
+    for key in list(required) + ["student_sha256"]:
+        kind = METRIC_TYPES.get(key)
+        if kind and key in metrics and not _has_type(metrics[key], kind):
+            return f"metrics.json has {key}={metrics[key]!r}, not {kind}"
+    return io.verify_checkpoint(Path(run_dir) / checkpoint, metrics.get("student_sha256"))
+
+
+def numerics(threads: int | None, device: str, precision: str | None = None) -> dict[str, Any]:
+    """What changes a run's numbers besides its config: the torch thread count,
+    the device and the precision (given, e.g. a trainer's ``precision`` option;
+    else the teacher's: bfloat16 on CUDA)."""
+    device = str(device)
+    if precision is None:
+        precision = "bf16-teacher" if device.startswith("cuda") else "float32"
+    return {"threads": threads, "device": device, "precision": precision}
+
+
+def check_numerics(run_dirs, threads: int | None, device: str, allow_mixed: bool = False,
+                   precision: str | None = None) -> None:
+    """Refuse to reuse finished runs whose numbers came from another thread count,
+    device or precision than the runs about to be computed (their metrics.json
+    records ``threads``, ``device`` and, where the trainer has the option,
+    ``precision``), unless ``allow_mixed``."""
+    want = numerics(threads, device, precision)
+    seen: dict[tuple, int] = {}
+    for run_dir in run_dirs:
+        try:
+            m = read_json(Path(run_dir) / "metrics.json")
+        except (OSError, ValueError):
+            continue
+        if not isinstance(m, dict) or "threads" not in m or "device" not in m:
+            continue
+        got = numerics(m.get("threads"), m.get("device"),
+                       m.get("precision", "fp32") if precision is not None else None)
+        if got != want:
+            k = (got["threads"], got["device"], got["precision"])
+            seen[k] = seen.get(k, 0) + 1
+    if not seen or allow_mixed:
+        return
+    found = "; ".join(f"{n} with threads={t} on {d} ({p})" for (t, d, p), n in sorted(
+        seen.items(), key=str))
+    raise ReproError(
+        f"finished runs in this folder were computed with other numerics than this sweep "
+        f"(threads={want['threads']} on {want['device']}, {want['precision']}): {found}. The thread "
+        "count, device and precision change a run's numbers; rerun with the same --threads and "
+        "--device, or pass --allow-mixed to mix them knowingly")
+
+
+def check_run_folders(run_dirs, sweep_dir: str | os.PathLike) -> None:
+    """Every folder holds a finished run (:func:`check_run`), else a
+    :class:`ReproError` that names the folder and the problem."""
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        why = check_run(run_dir, run_dir.name)
+        if why is not None:
+            raise ReproError(f"run {run_dir} is not a finished run: {why}; rerun "
+                             f"`python -m reprolib sweep --out {sweep_dir}` to redo it")
+        # Loaded once here (weights_only), so that a bad checkpoint stops us before any work.
+        io.load_state_dict_file(run_dir / "student.pt", "student checkpoint", ("student", "config"))
+
+
+def write_run(run_dir: str | os.PathLike, state: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write a finished run: ``student.pt`` (``state``: the student's, the method's
+    and the config's dicts), its sha256 into ``metrics`` (``student_sha256``, which
+    :func:`check_run` verifies), then ``metrics.json``, last and atomically: it marks
+    the run finished. Returns the metrics as a reader of the folder sees them
+    (strict JSON: NaN is null)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics["student_sha256"] = io.torch_save(state, run_dir / STUDENT_FILE)
+    io.write_json(run_dir / METRICS_FILE, metrics)
+    return io.strict(metrics)
+
+
+def load_student(run_dir: str | os.PathLike, device: str = "cpu"):
+    """The best-validation student of a finished run, in eval mode, and its
+    :class:`~reprolib.config.RunConfig`. The checkpoint is loaded with
+    ``weights_only=True``."""
+    from .config import RunConfig
+    from .models import build_student
+
+    run_dir = Path(run_dir)
+    ckpt = run_dir / STUDENT_FILE
+    if not ckpt.is_file():
+        raise ReproError(f"{run_dir} has no student.pt: the run did not finish; rerun it")
+    saved = io.load_state_dict_file(ckpt, "student checkpoint", ("student", "config"))   # weights_only
+    cfg = RunConfig.from_dict(saved["config"])
+    k = len(cfg.data.subtask_classes)
+    student = build_student(cfg.student, k)
+    try:
+        student.load_state_dict(saved["student"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ReproError(f"{ckpt} does not hold a {cfg.student} student: {str(exc).splitlines()[0]}") from None
+    return student.to(device).eval(), cfg

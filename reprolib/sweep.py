@@ -30,7 +30,8 @@ After the runs, ``DIR/results.csv`` (one row per run) and ``DIR/summary.csv``
 D3) are written atomically (:mod:`reprolib.results`).
 
 This module keeps the planning, the lock, :func:`run_sweep` and the command
-line, and re-exports the public names of the modules above.
+line; it re-exports nothing (import a grid, a table or a run folder's rule from
+the module that owns it).
 """
 
 from __future__ import annotations
@@ -49,27 +50,21 @@ from .config import WORLDS, RunConfig
 from .devices import DEVICE_HELP, resolve_device
 from .errors import ReproError
 from .executors import RunFn, cpu_count, progress_bar, run_ray, run_serial
-from .grids import (COHORT_FIELDS, PAPER_LAMBDAS, PAPER_RHOS, SWEEP_PRESETS, SweepGrid,
-                    cohort_key, expand_grid, get_grid, group_cohorts)
-from . import io, procs
+from .grids import SWEEP_PRESETS, SweepGrid, expand_grid, get_grid, group_cohorts
+from . import io, procs, rundirs
 from .io import cache_dir, read_json, write_json
-from .results import (CELL_COLUMNS, METRIC_COLUMNS, OPTIONAL_METRIC_COLUMNS, RESULT_COLUMNS,
-                      SELECTIONS, SPLIT_METRICS, collect_results, load_results, select_lambda,
-                      write_results)
-from .rundirs import REQUIRED_METRICS, check_run, clear_run_dir, run_dir_for
+from .results import collect_results, write_results
+from .rundirs import check_run, clear_run_dir, run_dir_for
 from .schedule import plan_tasks
 
 if TYPE_CHECKING:  # pandas is imported lazily: `reprolib --help` stays fast
     import pandas as pd
 
-__all__ = [
-    "CELL_COLUMNS", "COHORT_FIELDS", "METRIC_COLUMNS", "OPTIONAL_METRIC_COLUMNS", "PAPER_LAMBDAS",
-    "PAPER_RHOS", "REQUIRED_METRICS", "RESULT_COLUMNS", "SELECTIONS", "SPLIT_METRICS",
-    "SWEEP_PRESETS", "RunFn", "SweepGrid", "SweepPlan", "check_run", "cohort_key",
-    "collect_results", "cpu_count", "expand_grid", "get_grid", "group_cohorts", "load_results",
-    "main", "plan_sweep", "register_cli", "resolve_device", "run_dir_for", "run_sweep",
-    "select_lambda", "write_results",
-]
+# Only what this module defines: the grids, tables, run folders and executors it
+# uses are imported from the modules that own them (reprolib.grids, .results,
+# .rundirs, .executors).
+__all__ = ["PRECISIONS", "SweepPlan", "main", "plan_summary", "plan_sweep", "register_cli", "run_sweep",
+           "variant_name", "with_variant"]
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -186,7 +181,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
     Failed runs are reported after the others finish, with a :class:`ReproError`;
     rerunning the same command retries only them. Finished runs computed with
     another thread count, device or precision are not mixed with new ones unless
-    ``allow_mixed`` (:func:`reprolib.io.check_numerics`). ``variant`` names a world
+    ``allow_mixed`` (:func:`reprolib.rundirs.check_numerics`). ``variant`` names a world
     variant (:data:`reprolib.config.VARIANTS`) for every cell, instead of the grid's own
     (default: the world's main variant).
     """
@@ -215,7 +210,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
         plan = plan_sweep(cells, out_dir)
         _log(plan.describe(out_dir, grid, world, grid_cells))
         if plan.todo:
-            io.check_numerics([run_dir_for(out_dir, c) for c in plan.reused], threads, device,
+            rundirs.check_numerics([run_dir_for(out_dir, c) for c in plan.reused], threads, device,
                               allow_mixed, precision)
         write_json(out_dir / "sweep.json", {
             "grid": dataclasses.asdict(grid), "world": world, "limit": limit,
@@ -223,7 +218,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
             "keys": [c.key() for c in cells], "backend": backend, "workers": workers,
             "threads_per_run": threads, "device": device, "cohort": cohort,
             "precision": precision, "compile": compile,
-            "numerics": io.numerics(threads, device, precision),
+            "numerics": rundirs.numerics(threads, device, precision),
         })
         for cfg in plan.todo:
             key = cfg.key()

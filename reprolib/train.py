@@ -1,4 +1,7 @@
-"""One distillation run: the protocol's recipe (``book/protocol.md`` §5).
+"""What a distillation run is made of, besides its loop: evaluation, the teacher's cached test
+metrics, the relevant subspaces and device parsing.
+
+The recipe (``book/protocol.md`` §5), run by :mod:`reprolib.cohort`:
 
 AdamW (lr 1e-3, weight decay 0) over the student's and the method's own
 parameters; the rate halved every ``lr_step`` epochs; validation every epoch;
@@ -15,19 +18,19 @@ The teacher is frozen, runs in eval mode without gradient, and its outputs are
 reused wherever that is exact: its test-set accuracy is cached on disk, and
 when the preset has no augmentation its training features are computed once.
 
-The training loop itself lives in :mod:`reprolib.cohort`: :func:`train_run` is a
-cohort of one, and a cohort of many gives bitwise the same students. This
-module keeps the pieces a run is made of (evaluation, the teacher's cached
-test metrics, the relevant subspaces, device parsing) and :func:`load_student`.
+The training loop itself lives in :mod:`reprolib.cohort`:
+:func:`reprolib.cohort.train_run` is a cohort of one, and a cohort of many gives
+bitwise the same students. This module (imported by :mod:`reprolib.cohort`,
+never importing it) keeps the pieces a run is made of (evaluation, the teacher's cached
+test metrics, the relevant subspaces, device parsing); a finished run is read back by
+:func:`reprolib.rundirs.load_student`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,12 +39,9 @@ import torch
 from . import CODE_VERSION
 from .config import RunConfig
 from .data import World
-from .errors import ReproError
 from .devices import resolve_device as _resolve_device
-from . import io
 from .io import cache_dir, write_json
-from .models import FrozenTeacher, build_student
-from .rundirs import REQUIRED_METRICS  # noqa: F401 - the run folder's contract, re-exported
+from .models import FrozenTeacher
 
 
 
@@ -163,33 +163,3 @@ def relevant_subspaces(cfg: RunConfig, teacher: FrozenTeacher, world: World, ks:
 
 
 # ---------------------------------------------------------------------------
-
-def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, device: str = "cpu",
-              progress: bool = True, threads: int | None = None, world: World | None = None,
-              precision: str = "fp32", compile: bool = False) -> dict[str, Any]:
-    """Train one student; write ``student.pt`` then ``metrics.json`` into ``out_dir``.
-
-    A cohort of one (:func:`reprolib.cohort.train_cohort`); always trains, even
-    when ``out_dir`` already holds a finished run.
-    """
-    from .cohort import train_cohort
-
-    return train_cohort([cfg], [out_dir], device=device, progress=progress, threads=threads,
-                        world=world, precision=precision, compile=compile, resume=False)[0]
-
-
-def load_student(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
-    """The best-validation student of a finished run, in eval mode."""
-    run_dir = Path(run_dir)
-    ckpt = run_dir / "student.pt"
-    if not ckpt.is_file():
-        raise ReproError(f"{run_dir} has no student.pt: the run did not finish; rerun it")
-    saved = io.load_state_dict_file(ckpt, "student checkpoint", ("student", "config"))   # weights_only
-    cfg = RunConfig.from_dict(saved["config"])
-    k = len(cfg.data.subtask_classes)
-    student = build_student(cfg.student, k)
-    try:
-        student.load_state_dict(saved["student"])
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        raise ReproError(f"{ckpt} does not hold a {cfg.student} student: {str(exc).splitlines()[0]}") from None
-    return student.to(device).eval(), cfg

@@ -11,12 +11,12 @@ tuned to a result:
   sqrt(n_seeds)``). With one seed there is no noise estimate and the reason
   says so.
 * Every accuracy claim is judged separately under the oracle and the non-oracle
-  selection rule (the ``selection`` column of the :func:`reprolib.sweep.select_lambda`
+  selection rule (the ``selection`` column of the :func:`reprolib.results.select_lambda`
   summary); :func:`results_at_a_glance` puts them side by side.
 
 Input tables:
 
-* ``summary``: ``pd.concat([sweep.select_lambda(results, s) for s in sweep.SELECTIONS])``
+* ``summary``: ``pd.concat([results.select_lambda(table, s) for s in results.SELECTIONS])``
   (columns ``selection, method, rho, lambda_layer, n_seeds, test_accuracy_mean,
   test_accuracy_std, predicts_digit_mean, predicts_digit_std, ...``).
 * ``knn_summary``: :func:`reprolib.explain.explain_sweep`'s ``knn_summary``
@@ -619,7 +619,7 @@ def calibration_effects(runs, selection: str = "oracle"):
     import numpy as np
     import pandas as pd
 
-    from .sweep import SELECTIONS, select_lambda
+    from .results import SELECTIONS, select_lambda
 
     size = calibration_size_column(runs)
     test_col = SELECTIONS[selection][1]

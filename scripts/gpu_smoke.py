@@ -3,7 +3,7 @@
 Needs ``REPROLIB_IMAGENET``, ``REPROLIB_MNIST`` (stand-ins: ``python -m
 reprolib.standins``) and a resnet18 weights file. Each method trains the
 ``resnet18 → resnet18-s`` pair for the smoke preset's one epoch through
-:func:`reprolib.train.train_run`; the script checks that the run finished
+:func:`reprolib.cohort.train_run`; the script checks that the run finished
 (``metrics.json`` with finite accuracies, ``student.pt``), that the world's
 batches come out on the device, and prints one line per method. Exit status 1
 when any method fails, 2 on bad options.
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
 
     from reprolib.config import make_config
     from reprolib.data import build_world
-    from reprolib.train import train_run
+    from reprolib.cohort import train_run
 
     size = 64 if args.tiny else 224
     failures = []

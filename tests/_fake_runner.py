@@ -1,4 +1,4 @@
-"""A tiny deterministic stand-in for :func:`reprolib.train.train_run`.
+"""A tiny deterministic stand-in for :func:`reprolib.cohort.train_run`.
 
 It writes ``student.pt`` and then, last, ``metrics.json`` (both atomically),
 with numbers that depend only on the config, so that any two backends must

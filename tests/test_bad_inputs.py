@@ -368,7 +368,7 @@ def _make(**kw):
 def _train(out_rel="run", threads=None, **kw):
     def call(tmp):
         from reprolib.config import make_config
-        from reprolib.train import train_run
+        from reprolib.cohort import train_run
 
         cfg = make_config("mini", "smoke", **kw)
         return train_run(cfg, tmp / out_rel, device="cpu", progress=False, threads=threads)
@@ -389,7 +389,7 @@ def _crafted_run(tmp):
 
 
 def _load_student(tmp):
-    from reprolib.train import load_student
+    from reprolib.rundirs import load_student
 
     return load_student(tmp / "run")
 

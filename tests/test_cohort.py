@@ -13,14 +13,13 @@ import torch
 
 import reprolib.methods as methods_module
 from reprolib import config as config_module
-from reprolib.cohort import Cohort, CohortError, train_cohort
+from reprolib.cohort import Cohort, CohortError, train_cohort, train_run
 from reprolib.config import make_config
 from reprolib.devices import resolve_device
 from reprolib.errors import ReproError
 from reprolib.grids import group_cohorts
 from reprolib.methods import METHODS
 from reprolib.models import build_student
-from reprolib.train import train_run
 
 # Metrics that depend on wall time or on the cohort, not on the student.
 VOLATILE = {"seconds", "train_seconds_per_student", "cohort_size"}

@@ -50,14 +50,16 @@ def test_convergence_benchmark_refuses_a_factor_below_two(tmp_path):
 def test_convergence_benchmark_reuses_a_sweeps_runs_and_scales_the_recipe(tmp_path):
     """--reuse reads the preset's runs from a sweep folder; --scale and --lr change the recipe."""
     from reprolib import sweep
+    from reprolib.grids import SweepGrid
+    from reprolib.rundirs import check_run, run_dir_for
     from reprolib.config import make_config
 
     sweep_dir = tmp_path / "sweep"
     cfg = make_config("mini", "smoke", method="kd", seed=1, contamination_rate=0.0, lambda_layer=0.0)
-    grid = sweep.SweepGrid(name="t", run_preset="smoke", methods=("kd",), rhos=(0.0,), seeds=(1,),
+    grid = SweepGrid(name="t", run_preset="smoke", methods=("kd",), rhos=(0.0,), seeds=(1,),
                            lambdas=(100.0,))
     sweep.run_sweep(grid, sweep_dir, progress=False)
-    assert sweep.check_run(sweep.run_dir_for(sweep_dir, cfg), cfg.key()) is None
+    assert check_run(run_dir_for(sweep_dir, cfg), cfg.key()) is None
     out = tmp_path / "conv"
     proc = _run("--preset", "smoke", "--seeds", "1", "--factor", "2", "--methods", "kd", "--threads", "1",
                 "--reuse", str(sweep_dir), "--out", str(out))
@@ -65,9 +67,9 @@ def test_convergence_benchmark_reuses_a_sweeps_runs_and_scales_the_recipe(tmp_pa
     assert "1 cohorts to train (1 students)" in proc.stderr       # only the long run
     report = json.loads((out / "convergence.json").read_text())
     quick = [r for r in report["runs"] if r["factor"] == 1][0]
-    metrics = json.loads((sweep.run_dir_for(sweep_dir, cfg) / "metrics.json").read_text())
+    metrics = json.loads((run_dir_for(sweep_dir, cfg) / "metrics.json").read_text())
     assert quick["test_accuracy"] == metrics["test_accuracy"]
-    assert not (sweep.run_dir_for(out, cfg)).exists()
+    assert not (run_dir_for(out, cfg)).exists()
     # --scale 2 doubles the base budget; --lr is recorded.
     scaled = _run("--preset", "smoke", "--seeds", "1", "--factor", "2", "--methods", "kd", "--threads", "1",
                   "--scale", "2", "--lr", "0.003", "--out", str(tmp_path / "scaled"))

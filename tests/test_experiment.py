@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from reprolib import sweep
+from reprolib.results import select_lambda
 from reprolib.config import make_config, optimizer_steps, split_sizes
 from reprolib.grids import QUICK_LAMBDAS, expand_grid, fixed_step_variants, group_cohorts
 
@@ -77,7 +78,7 @@ def test_select_lambda_selects_separately_per_student_and_training_size():
                                  val_accuracy=0.8 if lam == best else 0.5,
                                  test_accuracy=0.7 if lam == best else 0.4,
                                  nonoracle_val_accuracy=0.5, nonoracle_test_accuracy=0.5))
-    summary = sweep.select_lambda(pd.DataFrame(rows), "oracle")
+    summary = select_lambda(pd.DataFrame(rows), "oracle")
     chosen = dict(zip(summary["student"], summary["lambda_layer"]))
     assert chosen == {"mini-student": 10.0, "mini-student-wide": 100.0}
     assert all(math.isclose(v, 0.7) for v in summary["test_accuracy_mean"])

@@ -45,9 +45,9 @@ def results_table(students=("narrow",)):
 
 
 def summary_table(results):
-    from reprolib import sweep
+    from reprolib.results import select_lambda, SELECTIONS
 
-    return pd.concat([sweep.select_lambda(results, s) for s in sweep.SELECTIONS], ignore_index=True)
+    return pd.concat([select_lambda(results, s) for s in SELECTIONS], ignore_index=True)
 
 
 def _is_figure(fig):

@@ -32,7 +32,10 @@ from test_bad_inputs import crafted_file  # noqa: E402
 
 from reprolib import io, procs  # noqa: E402
 from reprolib.errors import ReproError  # noqa: E402
-from reprolib.sweep import check_run, expand_grid, run_sweep, write_results  # noqa: E402
+from reprolib.grids import expand_grid  # noqa: E402
+from reprolib.results import write_results  # noqa: E402
+from reprolib.rundirs import check_run  # noqa: E402
+from reprolib.sweep import run_sweep  # noqa: E402
 
 
 def _strict_loads(text: str):

@@ -24,10 +24,14 @@ import pytest
 
 import reprolib.config as config_module
 from reprolib import sweep
+from reprolib.executors import cpu_count
+from reprolib.results import RESULT_COLUMNS
 from reprolib.config import DataConfig, RunConfig, make_config
 from reprolib.errors import ReproError
-from reprolib.sweep import (SWEEP_PRESETS, SweepGrid, check_run, expand_grid, main, run_sweep,
-                            select_lambda)
+from reprolib.grids import expand_grid, SWEEP_PRESETS, SweepGrid
+from reprolib.results import select_lambda
+from reprolib.rundirs import check_run
+from reprolib.sweep import main, run_sweep
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -250,14 +254,14 @@ def test_sweep_writes_tables_and_reuses_finished_runs(tmp_path, fake_env, capsys
     assert len(cells) == 2 * 2 * (1 + 2) == len(res)
     assert sorted(_started(fake_env)) == sorted(c.key() for c in cells)
     table = pd.read_csv(out / "results.csv")
-    assert list(table.columns) == list(sweep.RESULT_COLUMNS)
+    assert list(table.columns) == list(RESULT_COLUMNS)
     assert table.loc[table.method == "kd", "lambda_layer"].isna().all()
     assert set(table.loc[table.method == "at", "lambda_layer"]) == {1.0, 10.0}
     for _, row in table.iterrows():
         assert check_run(out / row.run_dir) is None
         metrics = json.loads((out / row.run_dir / "metrics.json").read_text())
         assert row.test_accuracy == pytest.approx(metrics["test_accuracy"])
-        assert metrics["threads"] == sweep.cpu_count()      # workers=1: all cores
+        assert metrics["threads"] == cpu_count()      # workers=1: all cores
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary.selection) == {"oracle", "nonoracle"}
     assert len(summary) == 2 * 2 * 2                        # 2 selections x 2 methods x 2 rho
@@ -434,7 +438,7 @@ def test_process_pool_matches_serial_without_importing_ray(tmp_path, fake_env):
     pids = {line.split()[1] for line in fake_env.read_text().splitlines()[4:]}
     assert str(os.getpid()) not in pids                     # the runs were in worker processes
     for d in (tmp_path / "pool" / "runs").iterdir():
-        assert json.loads((d / "metrics.json").read_text())["threads"] == max(1, sweep.cpu_count() // 2)
+        assert json.loads((d / "metrics.json").read_text())["threads"] == max(1, cpu_count() // 2)
 
 
 @pytest.mark.slow

@@ -14,7 +14,9 @@ from reprolib.data import build_world
 from reprolib.errors import ReproError
 from reprolib.methods import METHODS
 from reprolib.models import MINI_STUDENT_WIDTHS, MINI_TEACHER_WIDTHS
-from reprolib.train import REQUIRED_METRICS, load_student, predict, train_run
+from reprolib.cohort import train_run
+from reprolib.rundirs import REQUIRED_METRICS, load_student
+from reprolib.train import predict
 # The default mini student's widths come from models.py (the narrow student may change them).
 MINI_LAYERS = [{"teacher": f"layer{i}", "student": f"layer{i}", "teacher_shape": [t, hw, hw],
                 "student_shape": [s, hw, hw]}
