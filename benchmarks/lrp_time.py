@@ -19,7 +19,7 @@ import time
 import torch
 
 from reprolib import lrp
-from reprolib.data import MINI_MEAN, MINI_STD
+from reprolib.sources import MINI_MEAN, MINI_STD
 from reprolib.config import MINI_SUBTASK
 from reprolib.models import FrozenTeacher, mini_student, mini_teacher
 

@@ -53,7 +53,9 @@ import torch.nn.functional as F
 
 from reprolib import artifacts as art
 from reprolib.config import PAPER_SUBTASK, make_config
-from reprolib.data import IMAGENET_MEAN, IMAGENET_STD, PaperWorld, normalize
+from reprolib.data import normalize
+from reprolib.paper_world import PaperWorld
+from reprolib.sources import IMAGENET_MEAN, IMAGENET_STD
 from reprolib.hooks import FeatureCapture, feature_shapes
 from reprolib.methods import build_method, check_finite, kd_loss, total_loss
 from reprolib.models import FrozenTeacher, build_student

@@ -60,7 +60,7 @@ def config_from_args(args: argparse.Namespace, keys=DATA_KEYS):
 
 
 def cmd_data_summary(args) -> int:
-    from .data import build_world
+    from .worlds import build_world
 
     cfg = config_from_args(args)
     world = build_world(cfg.data, cfg.seed)
@@ -105,7 +105,7 @@ def cmd_teacher(args) -> int:
 
 
 def cmd_data_check(args) -> int:
-    from .data import fashion_mnist_folder, load_fashion_mnist
+    from .sources import fashion_mnist_folder, load_fashion_mnist
 
     folder = fashion_mnist_folder(download=not args.no_download)
     arrays = load_fashion_mnist()

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from . import CODE_VERSION
 from . import methods as methods_module
 from .config import RunConfig
-from .data import World, build_world
+from .data import World
+from .worlds import build_world
 from .errors import ReproError
 from .grids import COHORT_FIELDS, cohort_key
 from .hooks import resolve_modules
@@ -226,8 +227,7 @@ class Cohort:
         # The shared part, in the order prepare() builds it for a separate run.
         seed_everything(cfg0.seed)
         self.world = world or build_world(cfg0.data, cfg0.seed)
-        if hasattr(self.world, "device"):   # the paper world pastes digits on this device
-            self.world.device = self.dev
+        self.world.device = self.dev   # the paper world pastes digits there; the mini world ignores it
         self.teacher = build_teacher(cfg0, progress=progress).to(self.dev)
         with torch.no_grad():
             out = self.teacher(torch.zeros(1, *self.world.input_shape, device=self.dev))
@@ -354,7 +354,7 @@ class Cohort:
         frozen and in eval mode); otherwise the teacher runs on every batch.
         """
         cfg, dev = self.cfgs[0], self.dev
-        if not cfg.data.augment and hasattr(self.world, "tensors"):
+        if not cfg.data.augment and self.world.in_memory:
             if self._precomputed is None:
                 x_all, y_all, _ = self.world.tensors("train")
                 outs = [self.teacher_outputs(_fast(x_all[i:i + TEACHER_CHUNK], dev))

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import ReproError
 from .io import atomic_path, check_output_dir, read_json, write_json, write_text
@@ -89,17 +88,12 @@ def selected_runs(sweep_dir: str | Path, selection: str = "oracle", rhos=ANALYSI
 
 def analysis_images(cfg, n: int):
     """The first ``n`` images of the ρ = 1 test set of ``cfg``'s world: (world, x, y, digit)."""
-    from .data import build_world
+    from .worlds import build_world
 
     world = build_world(cfg.replace(contamination_rate=1.0).data, cfg.seed)
-    x, y, d = world.tensors("test") if hasattr(world, "tensors") else _stack(world)
+    x, y, d = world.tensors("test")
     n = min(n, len(y))
     return world, x[:n], y[:n], d[:n]
-
-
-def _stack(world):
-    xs, ys, ds = zip(*world.batches("test", 64))
-    return torch.cat(xs), torch.cat(ys), torch.cat(ds)
 
 
 def _digest(results, settings: dict) -> str:

@@ -81,7 +81,7 @@ def teacher_signal(cfg: RunConfig, passes: int = 10, device: str = "cpu") -> dic
     import torch
     import torch.nn.functional as F
 
-    from .data import build_world
+    from .worlds import build_world
     from .teacher import build_teacher
 
     if not isinstance(passes, int) or passes < 1:

@@ -62,7 +62,7 @@ def imagenet_standin(root: str | os.PathLike, train_per_class: int = 12, val_per
     """Write the tree under ``root``; ``size`` is (width, height) unless ``imagenet_like``."""
     from PIL import Image
 
-    from .data import IMAGENET_WNIDS
+    from .sources import IMAGENET_WNIDS
 
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -96,7 +96,7 @@ def fashion_mnist_standin(root: str | os.PathLike, seed: int = 0) -> Path:
     """Random images in the four Fashion-MNIST files' format and shapes (60,000
     training and 10,000 test 28×28 images), for machines without the dataset:
     the mini world's code paths run, its numbers mean nothing."""
-    from .data import FASHION_FILES
+    from .sources import FASHION_FILES
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 
 from .config import RunConfig
-from .data import MINI_MEAN, MINI_STD, load_fashion_mnist, normalize, pad_to, random_resized_crop
+from .data import normalize, pad_to, random_resized_crop
+from .sources import MINI_MEAN, MINI_STD, load_fashion_mnist
 from .errors import ReproError
 from .io import cache_dir, read_json, torch_save, write_json
 from .models import FrozenTeacher, load_paper_teacher, mini_teacher

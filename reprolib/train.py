@@ -118,7 +118,7 @@ def teacher_test_metrics(teacher: FrozenTeacher, world: World, cfg: RunConfig,
     differ only in fields that do not change the test set (seed, method, λ,
     pool size, augmentation...) share one evaluation.
     """
-    if hasattr(world, "tensors"):
+    if world.in_memory:
         h = hashlib.sha256()
         for t in world.tensors("test"):
             h.update(str((t.dtype, tuple(t.shape))).encode())

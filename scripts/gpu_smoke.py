@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     import torch
 
     from reprolib.config import make_config
-    from reprolib.data import build_world
+    from reprolib.worlds import build_world
     from reprolib.cohort import train_run
 
     size = 64 if args.tiny else 224

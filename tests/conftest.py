@@ -63,7 +63,7 @@ class PaperRoot:
 def paper_root(tmp_path_factory) -> PaperRoot:
     from PIL import Image
 
-    from reprolib.data import IMAGENET_WNIDS
+    from reprolib.sources import IMAGENET_WNIDS
 
     base = tmp_path_factory.mktemp("paper")
     rng = np.random.default_rng(0)

@@ -399,7 +399,7 @@ def _bad_gz(tmp):
 
 
 def _read_idx(tmp):
-    from reprolib.data import read_idx
+    from reprolib.sources import read_idx
 
     return read_idx(tmp / "x-idx3-ubyte.gz")
 

@@ -274,7 +274,7 @@ def test_validation_every_n_epochs_and_the_paired_validation_sets(tmp_path):
     the two validation sets evaluated as one union give exactly the accuracies of
     evaluating each set whole."""
     from reprolib.cohort import _EvalSet, _PairedEvalSet
-    from reprolib.data import build_world
+    from reprolib.worlds import build_world
 
     cfg = make_config("mini", "smoke", method="kd", contamination_rate=1.0, epochs=5, val_every=2)
     metrics = train_run(cfg, tmp_path / "run", progress=False)

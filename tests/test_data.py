@@ -16,8 +16,9 @@ import torch
 
 from reprolib import artifacts as art
 from reprolib.config import make_config
-from reprolib.data import (FASHION_FILES, MINI_MEAN, MINI_STD, MNIST_FILES, MiniWorld, denormalize,
-                           fashion_mnist_folder, load_fashion_mnist, mnist_folder, read_idx)
+from reprolib.data import MiniWorld, denormalize
+from reprolib.sources import (FASHION_FILES, MINI_MEAN, MINI_STD, MNIST_FILES, fashion_mnist_folder,
+                              load_fashion_mnist, mnist_folder, read_idx)
 from reprolib.errors import ReproError
 
 from reprolib.standins import write_idx
@@ -323,6 +324,35 @@ def test_batches_shapes_and_drop_last():
         next(w.batches("holdout", 4))
 
 
+def test_the_world_interface_stacks_batches_and_keeps_a_cpu_world_on_the_cpu():
+    """World's own tensors() (the batches stacked) equal the mini world's cached
+    ones; the mini world is in memory and ignores a trainer's device; a world of
+    one's own that only implements batches() gets both for free."""
+    from reprolib.data import World
+
+    w = world("smoke", 0.5)
+    for a, b in zip(World.tensors(w, "val"), w.tensors("val")):
+        assert torch.equal(a, b)
+    assert w.in_memory and w.device == torch.device("cpu")
+    w.device = "cuda"   # what the trainer does; the mini world's batches stay on the CPU
+    assert w.device == torch.device("cpu")
+
+    class Mine(World):
+        def __init__(self, inner):
+            self.cfg, self.plans, self.mean, self.std = inner.cfg, inner.plans, inner.mean, inner.std
+            self.inner = inner
+
+        def batches(self, split, batch_size, **kw):
+            return self.inner.batches(split, batch_size, **kw)
+
+    mine = Mine(w)
+    assert not mine.in_memory
+    assert torch.equal(mine.tensors("test")[0], w.tensors("test")[0])
+    assert torch.equal(mine.normalized(torch.ones(1)), w.normalized(torch.ones(1)))
+    with pytest.raises(ReproError, match="unknown split 'holdout'"):
+        mine.check_split("holdout")
+
+
 # ---------------------------------------------------------------------------
 # missing or incomplete data
 
@@ -357,7 +387,7 @@ def test_fashion_mnist_env_accepts_a_torchvision_root(tmp_path, monkeypatch):
 
 
 def test_missing_fashion_mnist_names_all_three_ways(tmp_path, monkeypatch):
-    import reprolib.data as data_module
+    import reprolib.sources as data_module
 
     monkeypatch.delenv("REPROLIB_FASHION_MNIST", raising=False)
     monkeypatch.setattr(data_module, "DEBIAN_FASHION", tmp_path / "nowhere")

@@ -182,7 +182,7 @@ def test_lrp_grid():
 
 def test_example_grid_on_smoke_world():
     from reprolib.config import make_config
-    from reprolib.data import build_world
+    from reprolib.worlds import build_world
 
     cfg = make_config("mini", "smoke", contamination_rate=1.0)
     world = build_world(cfg.data, 1)

@@ -54,7 +54,7 @@ def _env(**extra) -> dict:
 # ---------------------------------------------------------------------------
 # 1. No code from a data folder
 def test_mnist_bank_cache_never_runs_code(paper_root, tmp_path):
-    from reprolib.data import mnist_bank
+    from reprolib.sources import mnist_bank
 
     cache = io.cache_dir("data") / "mnist_bank_13.pt"
     crafted_file(cache, tmp_path / "PWNED")
@@ -84,13 +84,13 @@ def test_a_teacher_file_is_a_state_dict(tmp_path):
 # ---------------------------------------------------------------------------
 # 3. The decoded Fashion-MNIST cache follows its source files
 def _fashion_sources() -> Path:
-    from reprolib.data import fashion_mnist_folder
+    from reprolib.sources import fashion_mnist_folder
 
     return fashion_mnist_folder(download=False)
 
 
 def test_fashion_cache_is_tied_to_its_sources(tmp_path, monkeypatch):
-    import reprolib.data as data
+    import reprolib.sources as data
 
     src = tmp_path / "src"
     src.mkdir()

@@ -151,3 +151,18 @@ def test_the_readme_layout_names_every_module():
     named = set(re.findall(r"`(\w+)`", "\n".join(l for l in section.splitlines() if l.startswith("| `"))))
     modules = {p.stem for p in PKG.glob("*.py")} - {"__init__", "__main__"}
     assert modules <= named, f"README's layout section does not name {sorted(modules - named)}"
+
+
+def test_no_module_probes_a_world_for_what_it_can_do():
+    """The World interface declares what callers use (``in_memory``, ``tensors``,
+    ``device``), so nothing asks ``hasattr(world, ...)``."""
+    probes = [f"{p.name}:{i}" for p in sorted(PKG.glob("*.py"))
+              for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"hasattr\((self\.)?world\b", line)]
+    assert not probes, probes
+
+
+def test_the_protocol_module_is_split_from_its_sources_and_the_paper_world():
+    assert len((PKG / "data.py").read_text().splitlines()) < 400
+    edges = import_edges()
+    assert "paper_world" not in {m for m, _ in edges["data"]}   # data knows no world beyond the mini one
+    assert "data" not in {m for m, _ in edges["sources"]}       # sources know no splits

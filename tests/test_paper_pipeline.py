@@ -17,8 +17,11 @@ import torch
 from PIL import Image
 
 from reprolib import artifacts as art
-from reprolib.data import (IMAGENET_MEAN, IMAGENET_STD, PaperWorld, build_world, crop_box, crop_rng,
-                           decode_cache, eval_crop, loader_workers, normalize, open_rgb, train_crop)
+from reprolib.data import normalize
+from reprolib.paper_world import (PaperWorld, crop_box, crop_rng, decode_cache, eval_crop, loader_workers,
+                                  open_rgb, train_crop)
+from reprolib.sources import IMAGENET_MEAN, IMAGENET_STD
+from reprolib.worlds import build_world
 from reprolib.errors import ReproError
 from reprolib.io import cache_dir
 

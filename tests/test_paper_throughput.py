@@ -60,7 +60,7 @@ def test_standins_command_writes_a_usable_tree(tmp_path, monkeypatch):
     assert res.returncode == 0, res.stderr
     env = json.loads(res.stdout)
     from reprolib.config import make_config
-    from reprolib.data import build_world
+    from reprolib.worlds import build_world
 
     monkeypatch.setenv("REPROLIB_IMAGENET", env["REPROLIB_IMAGENET"])
     monkeypatch.setenv("REPROLIB_MNIST", env["REPROLIB_MNIST"])

@@ -14,7 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from reprolib.data import IMAGENET_MEAN, IMAGENET_STD, IMAGENET_WNIDS, PaperWorld, build_world, denormalize
+from reprolib.data import denormalize
+from reprolib.paper_world import PaperWorld
+from reprolib.sources import IMAGENET_MEAN, IMAGENET_STD, IMAGENET_WNIDS
+from reprolib.worlds import build_world
 from reprolib.errors import ReproError
 
 from conftest import TRAIN_PER_CLASS, VAL_PER_CLASS

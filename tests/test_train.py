@@ -10,7 +10,7 @@ import torch
 
 import reprolib.methods as methods_module
 from reprolib.config import MOBILENET_LAYER_PAIRS, make_config
-from reprolib.data import build_world
+from reprolib.worlds import build_world
 from reprolib.errors import ReproError
 from reprolib.methods import METHODS
 from reprolib.models import MINI_STUDENT_WIDTHS, MINI_TEACHER_WIDTHS
