@@ -6,7 +6,11 @@ sweep, the calibration runs and the analyses are all computed), times each
 notebook, and prints one JSON object. Target on a 2-core CPU: <= 30 minutes (not met by the
 converged quick preset: see README, "How long things take").
 
-    python benchmarks/book_time.py [--preset quick] [--keep-cache DIR]
+    python benchmarks/book_time.py [--preset quick] [--keep-cache DIR] [--out FILE]
+
+The notebooks' output is echoed to stderr as it comes. With ``--out FILE`` the JSON is
+also written there (atomically) after every notebook, with ``"complete": false`` until
+the book is built, so a build stopped half-way still leaves the times it measured.
 
 With ``--keep-cache DIR`` holding earlier work (a teacher, finished runs), the
 times are those of a resumed build: the JSON says so (``fresh_cache``).
@@ -26,12 +30,51 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from reprolib.io import write_json  # noqa: E402
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def git_commit() -> str | None:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or None
+
+
+def follow(lines, per_notebook: dict, save, echo=None) -> list[str]:
+    """Read ``run_notebooks.py``'s output as it comes: every ``done in N s`` line
+    records N for the notebook its ``executing notebooks/NAME.ipynb`` line named, and
+    calls ``save()``. Returns the last 200 lines (for an error report)."""
+    tail, current = [], None
+    for line in lines:
+        if echo is not None:
+            echo.write(line)
+        tail = (tail + [line])[-200:]
+        started = re.match(r"executing notebooks/(\S+)\.ipynb", line)
+        done = re.match(r"\s+done in (\d+) s", line)
+        if started:
+            current = started.group(1)
+        elif done and current:
+            per_notebook[current] = float(done.group(1))
+            current = None
+            save()
+    return tail
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="quick")
     p.add_argument("--keep-cache", default=None, help="use (and keep) this cache folder instead of a temporary one")
+    p.add_argument("--out", default=None, help="also write the JSON here, updated after every notebook")
     args = p.parse_args(argv)
     cache = Path(args.keep_cache) if args.keep_cache else Path(tempfile.mkdtemp(prefix="reprolib-book-"))
     env = dict(os.environ, REPROLIB_CACHE=str(cache))
@@ -42,31 +85,42 @@ def main(argv=None) -> int:
     if shared.is_dir() and not (cache / "data").exists():
         cache.mkdir(parents=True, exist_ok=True)
         (cache / "data").symlink_to(shared)
+    record = {
+        "preset": args.preset,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {cpu_model()}",
+        "commit": git_commit(),
+        "cache": str(cache),
+        "fresh_cache": not reused,
+        "reused_from_cache": reused,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "per_notebook_seconds": {},
+        "complete": False,
+    }
+
+    def save():
+        if args.out:
+            write_json(args.out, record)
+
     t0 = time.time()
-    nb = subprocess.run([sys.executable, "scripts/run_notebooks.py", "--preset", args.preset], cwd=ROOT, env=env,
-                        capture_output=True, text=True)
+    save()
+    proc = subprocess.Popen([sys.executable, "scripts/run_notebooks.py", "--preset", args.preset], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    tail = follow(proc.stdout, record["per_notebook_seconds"], save, echo=sys.stderr)
+    rc = proc.wait()
     t1 = time.time()
-    if nb.returncode != 0:
-        print(nb.stdout[-3000:], nb.stderr[-3000:], file=sys.stderr)
-        return nb.returncode
+    record["notebooks_seconds"] = round(t1 - t0, 1)
+    if rc != 0:
+        record["failed"] = "".join(tail[-20:])
+        save()
+        return rc
     jb = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", "_build/book_src",
                          "--path-output", ".", "-W", "-n", "--keep-going"], cwd=ROOT, env=env,
                         capture_output=True, text=True)
     t2 = time.time()
-    per_notebook = {m.group(1): float(m.group(2)) for m in
-                    re.finditer(r"executing notebooks/(\S+)\.ipynb.*?\n\s+done in (\d+) s", nb.stdout, re.S)}
-    print(json.dumps({
-        "preset": args.preset,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "notebooks_seconds": round(t1 - t0, 1),
-        "per_notebook_seconds": per_notebook,
-        "jupyter_book_seconds": round(t2 - t1, 1),
-        "total_minutes": round((t2 - t0) / 60, 2),
-        "book_build_ok": jb.returncode == 0,
-        "cache": str(cache),
-        "fresh_cache": not reused,
-        "reused_from_cache": reused,
-    }, indent=2))
+    record.update(jupyter_book_seconds=round(t2 - t1, 1), total_minutes=round((t2 - t0) / 60, 2),
+                  book_build_ok=jb.returncode == 0, complete=True)
+    save()
+    print(json.dumps(record, indent=2))
     return 0 if jb.returncode == 0 else jb.returncode
 
 
