@@ -96,6 +96,24 @@ def analysis_images(cfg, n: int):
     return world, x[:n], y[:n], d[:n]
 
 
+def digit_measurement_images(cfg, world, n: int):
+    """Up to ``n`` digit-bearing test images of ``world`` (built from ``cfg``), normalised,
+    with their digit and without it, and their labels: what chapter 2 measures the
+    digit's effect on. When the world's test images carry no digit (ρ = 0), the first
+    ``n`` test images of the ρ = 1 world, painted by the same protocol."""
+    import torch
+
+    from .worlds import build_world
+
+    rows = np.flatnonzero(world.plans["test"].plan.has_digit)[:n]
+    if len(rows) == 0:
+        world = build_world(cfg.replace(contamination_rate=1.0).data, cfg.seed)
+        rows = np.arange(min(n, len(world.plans["test"].labels)))
+    x_with = world.normalized(world.pixels("test", rows))
+    x_without = world.normalized(world.pixels("test", rows, with_digit=False))
+    return x_with, x_without, torch.as_tensor(world.plans["test"].labels[rows])
+
+
 def _digest(results, settings: dict) -> str:
     text = results.to_csv(index=False).encode() + json.dumps(settings, sort_keys=True).encode()
     return hashlib.sha256(text).hexdigest()[:16]

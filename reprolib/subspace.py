@@ -195,50 +195,134 @@ def reconstruct(a: torch.Tensor, sub: RelevantSubspace) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rank_k_accuracy(teacher, layer: str, subspace: RelevantSubspace,
-                    batches_with_labels: Iterable) -> float:
-    """Teacher subtask accuracy with ``layer`` replaced by its rank-K reconstruction (§4.7)."""
-    module = resolve_modules(teacher.model, [layer])[layer]
+def digit_effect(teacher, layers: Sequence[str], x_with: torch.Tensor, x_without: torch.Tensor,
+                 labels: torch.Tensor, batch_size: int = 250) -> dict:
+    """One teacher pass over the images with and without their digit (each batch of
+    both in one forward), every layer in ``layers`` captured.
+
+    Returns ``{"delta": {layer: Δ}, "accuracy_with", "accuracy_without", "n"}`` where
+    Δ = features(with digit) − features(without), in float64, one row per position
+    (N·H·W × d): the digit's effect that :func:`artifact_energy` splits.
+    """
     device = _param_device(teacher)
-    handle = module.register_forward_hook(lambda _m, _i, out: reconstruct(out, subspace))
-    correct = total = 0
-    try:
-        for x, y in batches_with_labels:
-            pred = teacher(x.to(device)).argmax(1).cpu()
-            correct += (pred == torch.as_tensor(y).cpu()).sum().item()
-            total += len(pred)
-    finally:
-        handle.remove()
-    if total == 0:
-        raise ReproError("rank_k_accuracy got no images; pass (images, labels) batches")
-    return correct / total
+    labels = torch.as_tensor(labels)
+    n = len(labels)
+    if n == 0:
+        raise ReproError("digit_effect got no images; pass at least one image with its digit")
+    correct_with = correct_without = 0
+    delta = {layer: [] for layer in layers}
+    with FeatureCapture(teacher.model, list(layers)) as cap:
+        for i in range(0, n, batch_size):
+            xw, xo, y = x_with[i:i + batch_size], x_without[i:i + batch_size], labels[i:i + batch_size]
+            logits = teacher(torch.cat([xw, xo]).to(device)).cpu()
+            correct_with += (logits[:len(y)].argmax(1) == y).sum().item()
+            correct_without += (logits[len(y):].argmax(1) == y).sum().item()
+            for layer in layers:
+                f = cap[layer].double().cpu()
+                d = f[:len(y)] - f[len(y):]
+                delta[layer].append(d.permute(0, 2, 3, 1).reshape(-1, d.shape[1]))
+    return {"delta": {layer: torch.cat(parts) for layer, parts in delta.items()},
+            "accuracy_with": correct_with / n, "accuracy_without": correct_without / n, "n": n}
+
+
+def _replace_copy(index: int, sub: RelevantSubspace, n: int):
+    """A forward hook that replaces copy ``index`` (rows index·n … (index+1)·n) of the
+    batch by its rank-K reconstruction and leaves the other copies as they are."""
+    def hook(_module, _inputs, out):
+        out = out.clone()
+        out[index * n:(index + 1) * n] = reconstruct(out[index * n:(index + 1) * n], sub)
+        return out
+    return hook
 
 
 @torch.no_grad()
-def artifact_energy(teacher, layer: str, subspace: RelevantSubspace,
-                    x_with_digit: torch.Tensor, x_without_digit: torch.Tensor,
-                    seed: int = 0) -> dict[str, float]:
-    """How much of the digit's effect on ``layer`` lies inside the relevant subspace.
-
-    Δ = features(with digit) − features(without), per position; returns the
-    energies ‖U_KᵀΔ‖² (inside) and ‖Δ‖² − inside (outside), summed, the inside
-    share, and the share for a random K-dim subspace (expected ≈ K/d).
-    """
+def rank_k_accuracy(teacher, subspaces: Sequence[RelevantSubspace], x: torch.Tensor,
+                    labels: torch.Tensor, batch_size: int = 250) -> list[float]:
+    """Teacher accuracy with one layer replaced by its rank-K reconstruction (§4.7),
+    for every subspace's layer, in one pass: each batch is repeated once per layer and
+    copy l has layer l (only) reconstructed. Returns one accuracy per subspace."""
     device = _param_device(teacher)
-    with FeatureCapture(teacher.model, [layer]) as cap:
-        teacher(x_with_digit.to(device))
-        f_with = cap[layer]
-        teacher(x_without_digit.to(device))
-        f_without = cap[layer]
-    delta = (f_with - f_without).double().permute(0, 2, 3, 1).reshape(-1, f_with.shape[1])
+    labels = torch.as_tensor(labels).cpu()
+    if len(labels) == 0:
+        raise ReproError("rank_k_accuracy got no images; pass images and their labels")
+    layers = [sub.layer for sub in subspaces]
+    modules = resolve_modules(teacher.model, layers)
+    correct = np.zeros(len(subspaces))
+    for i in range(0, len(labels), batch_size):
+        xb, y = x[i:i + batch_size], labels[i:i + batch_size]
+        handles = [modules[sub.layer].register_forward_hook(_replace_copy(l, sub, len(y)))
+                   for l, sub in enumerate(subspaces)]
+        try:
+            pred = teacher(xb.repeat(len(subspaces), 1, 1, 1).to(device)).argmax(1).cpu().view(len(subspaces), -1)
+        finally:
+            for h in handles:
+                h.remove()
+        correct += (pred == y).sum(1).numpy()
+    return [float(c) / len(labels) for c in correct]
+
+
+def artifact_energy(delta: torch.Tensor, basis: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    """How much of the digit's effect Δ (rows: positions, from :func:`digit_effect`)
+    lies inside the subspace spanned by ``basis`` (d×K, orthonormal columns).
+
+    Returns the energies ‖U_KᵀΔ‖² (inside) and ‖Δ‖² − inside (outside), summed, the
+    inside share, and the share for a random K-dim subspace (expected ≈ K/d).
+    """
     total = delta.pow(2).sum().item()
-    inside = (delta @ subspace.basis.to(delta)).pow(2).sum().item()
+    inside = (delta @ basis.to(delta)).pow(2).sum().item()
     g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(*subspace.basis.shape, generator=g, dtype=torch.float64))
-    random_inside = (delta @ q.to(delta.device)).pow(2).sum().item()
+    q, _ = torch.linalg.qr(torch.randn(*basis.shape, generator=g, dtype=torch.float64))
+    random_inside = (delta @ q.to(delta)).pow(2).sum().item()
     share = (lambda e: e / total if total > 0 else float("nan"))
     return {"inside": inside, "outside": total - inside, "inside_share": share(inside),
             "random_inside_share": share(random_inside)}
+
+
+# ---------------------------------------------------------------- the tables of chapter 2
+
+def subspace_table(subspaces: Sequence[RelevantSubspace], rank_k: Sequence[float], accuracy: float):
+    """Per layer: d, K, K/d, the variance share inside U_K, the teacher's accuracy with
+    that layer at rank K (:func:`rank_k_accuracy`) and unmodified."""
+    import pandas as pd
+
+    rows = []
+    for sub, acc_k in zip(subspaces, rank_k):
+        d, k = sub.basis.shape
+        rows.append({"layer": sub.layer, "d": d, "K": k, "K/d": k / d, "variance share in U_K": sub.variance_share,
+                     "teacher accuracy, rank-K layer": acc_k, "teacher accuracy, unmodified": accuracy})
+    return pd.DataFrame(rows)
+
+
+def digit_energy_table(fits: dict, delta: dict):
+    """Per ρ the subspaces were fitted on (``fits``: ρ → subspaces) and layer: the share of
+    the digit's effect (``delta`` from :func:`digit_effect`) inside U_K and inside a random
+    K-dim subspace."""
+    import pandas as pd
+
+    rows = []
+    for rho_fit, subs in sorted(fits.items()):
+        for sub in subs:
+            e = artifact_energy(delta[sub.layer], sub.basis)
+            rows.append({"fitted_on_rho": rho_fit, "layer": sub.layer, "digit_energy_in_U_K": e["inside_share"],
+                         "in_random_K_subspace": e["random_inside_share"]})
+    return pd.DataFrame(rows)
+
+
+def student_pair_table(subspaces_by_student: dict, delta: dict):
+    """Per student (``subspaces_by_student``: student name → the subspaces fitted for its
+    widths) and layer: K/d, the variance share and the digit's effect inside U_K."""
+    import pandas as pd
+
+    rows = []
+    for student, subs in subspaces_by_student.items():
+        for sub in subs:
+            e = artifact_energy(delta[sub.layer], sub.basis)
+            d, k = sub.basis.shape
+            rows.append({"student": student, "layer": sub.layer, "K/d": k / d,
+                         "variance share in U_K": sub.variance_share,
+                         "digit's effect inside U_K": e["inside_share"],
+                         "inside a random K-dim. subspace": e["random_inside_share"]})
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- storage

@@ -141,6 +141,16 @@ def teacher_test_metrics(teacher: FrozenTeacher, world: World, cfg: RunConfig,
 # ---------------------------------------------------------------------------
 # the relevant subspace, cached per (teacher, data, rho, seed, layers, code)
 
+def student_ks(cfg: RunConfig, world: World) -> list[int]:
+    """K per distilled layer pair: the channel width of the student's layer (D7)."""
+    from .hooks import feature_shapes
+    from .models import build_student
+
+    shapes = feature_shapes(build_student(cfg.student, world.num_classes), [s for _, s in cfg.layer_pairs],
+                            world.input_shape)
+    return [shape[0] for shape in shapes.values()]
+
+
 def relevant_subspaces(cfg: RunConfig, teacher: FrozenTeacher, world: World, ks: list[int],
                        device: torch.device, progress: bool = False):
     from .subspace import fit_relevant_subspaces, load_subspaces, save_subspaces

@@ -599,6 +599,40 @@ def finding_subspace_digit_share(energy, random_col: str = "in_random_K_subspace
             f"features (a random subspace of the same size: {r.min():.0%}–{r.max():.0%}).")
 
 
+def finding_subspace(diagnostics, energy) -> str:
+    """Chapter 2's verdict: the variance the subspaces keep, what a rank-K layer costs the
+    teacher (``diagnostics``: :func:`reprolib.subspace.subspace_table`), and where the
+    digit's effect lies (``energy``: :func:`reprolib.subspace.digit_energy_table`). The
+    digit counts as passing through the subspace when its smallest share inside U_K exceeds
+    the largest share inside a random subspace of the same size."""
+    share = diagnostics["variance share in U_K"]
+    drop = (diagnostics["teacher accuracy, unmodified"] - diagnostics["teacher accuracy, rank-K layer"]).max()
+    return (
+        f"The subspaces keep {share.min():.0%}–{share.max():.0%} of the teacher's variance at K/d ≤ "
+        f"{diagnostics['K/d'].max():.2f}, and replacing a layer by its rank-K reconstruction costs the teacher at "
+        f"most {drop * 100:.1f} accuracy points: the subspace holds what the teacher uses. "
+        + finding_subspace_digit_share(energy)
+        + (" Most of the digit's effect therefore passes through the subspace that SubDistill distils, so the "
+           "subspace alone cannot keep the shortcut out; what the student does with it is measured in chapter 4."
+           if energy["digit_energy_in_U_K"].min() > energy["in_random_K_subspace"].max() else
+           " The digit's effect is not concentrated in the subspace."))
+
+
+def finding_student_pairs(pairs, default: str = "mini-student", wide: str = "mini-student-wide") -> str:
+    """The variance share and the digit's share inside U_K for the default and the wide
+    student (``pairs``: :func:`reprolib.subspace.student_pair_table`)."""
+    digit = pairs.groupby("student")["digit's effect inside U_K"].agg(["min", "max"])
+    var = pairs.groupby("student")["variance share in U_K"].agg(["min", "max"])
+    kd = pairs.groupby("student")["K/d"].max()
+
+    def span(t, s):
+        return f"{t.loc[s, 'min']:.0%}–{t.loc[s, 'max']:.0%}"
+
+    return (f"At K/d = {kd[default]:.2g} (the default student) the subspace holds {span(var, default)} of the "
+            f"teacher's variance and {span(digit, default)} of the digit's effect; at K/d = {kd[wide]:.2g} (the wide "
+            f"student) {span(var, wide)} of the variance and {span(digit, wide)} of the digit's effect.")
+
+
 # ---------------------------------------------------------------------------
 # The calibration curve's numbers
 def calibration_size_column(runs) -> str:

@@ -5,9 +5,10 @@ import torch
 
 from reprolib.errors import ReproError
 from reprolib.models import FrozenTeacher, mini_teacher
-from reprolib.subspace import (RelevantSubspace, artifact_energy, fit_relevant_subspaces,
-                               load_subspaces, prca_posdef_matrix, rank_k_accuracy, reconstruct,
-                               relevant_subspace, save_subspaces, sorted_eigh, top2_margin)
+from reprolib.subspace import (RelevantSubspace, artifact_energy, digit_effect, digit_energy_table,
+                               fit_relevant_subspaces, load_subspaces, prca_posdef_matrix, rank_k_accuracy,
+                               reconstruct, relevant_subspace, save_subspaces, sorted_eigh, student_pair_table,
+                               subspace_table, top2_margin)
 
 torch.set_num_threads(1)
 
@@ -161,17 +162,48 @@ def test_fit_rejects_bad_arguments():
         fit_relevant_subspaces(teacher, ["layer9"], _images(1, 1), [8], seed=0)
 
 
+def _labelled(n=20, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 32, 32, generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
 def test_rank_k_accuracy_with_full_rank_reproduces_teacher():
     teacher = _teacher()
     full = fit_relevant_subspaces(teacher, ["layer1", "layer4"], _images(), [32, 256], seed=0)
-    g = torch.Generator().manual_seed(2)
-    data = [(torch.randn(8, 1, 32, 32, generator=g), torch.randint(0, 5, (8,), generator=g))
-            for _ in range(2)]
+    x, y = _labelled(16)
     with torch.no_grad():
-        plain = sum((teacher(x).argmax(1) == y).sum().item() for x, y in data) / 16
-    for layer, sub in zip(["layer1", "layer4"], full):
-        assert rank_k_accuracy(teacher, layer, sub, data) == plain
+        plain = (teacher(x).argmax(1) == y).sum().item() / len(y)
+    # batch_size 6 splits the images into uneven batches: the copies must still line up
+    assert rank_k_accuracy(teacher, full, x, y, batch_size=6) == pytest.approx([plain, plain], abs=1e-12)
+    for layer in ("layer1", "layer4"):
         assert not dict(teacher.model.get_submodule(layer)._forward_hooks)
+
+
+def test_rank_k_accuracy_of_all_layers_at_once_equals_one_layer_at_a_time(fitted):
+    """The one-pass trick (copy l of the batch has layer l reconstructed) gives what
+    replacing each layer alone gives."""
+    teacher = _teacher()
+    with torch.no_grad():   # an untrained head predicts one class for everything: make the logits spread
+        teacher.model.fc.weight.mul_(100)
+        teacher.model.fc.bias.zero_()
+    subs = fit_relevant_subspaces(teacher, LAYERS, _images(), [1, 1, 1, 1], seed=0)   # rank 1: predictions move
+    x, _ = _labelled(40, seed=5)
+    with torch.no_grad():
+        y = teacher(x).argmax(1)   # the unmodified teacher scores 1.0: every change shows
+    together = rank_k_accuracy(teacher, subs, x, y, batch_size=7)
+    alone = []
+    with torch.no_grad():
+        for sub in subs:
+            module = teacher.model.get_submodule(sub.layer)
+            h = module.register_forward_hook(lambda _m, _i, out, sub=sub: reconstruct(out, sub))
+            try:
+                alone.append((teacher(x).argmax(1) == y).sum().item() / len(y))
+            finally:
+                h.remove()
+    assert together == pytest.approx(alone, abs=1e-12)
+    assert min(together) < 1.0   # some layer at rank K changes a prediction: the test can see a mix-up
+    with pytest.raises(ReproError, match="no images"):
+        rank_k_accuracy(teacher, subs, x[:0], y[:0])
 
 
 def test_rank_k_reconstruction_changes_outputs_when_k_small(fitted):
@@ -188,18 +220,73 @@ def test_rank_k_reconstruction_changes_outputs_when_k_small(fitted):
     assert not torch.allclose(plain, reduced)
 
 
-def test_artifact_energy(fitted):
-    teacher, subs = fitted
-    x = _images(1, 2, seed=3)[0]
+def _digit_images(seed=3, n=6):
+    x, y = _labelled(n, seed)
     x_digit = x.clone()
     x_digit[:, :, :8, :8] = 2.0
-    out = artifact_energy(teacher, "layer2", subs[1], x_digit, x)
+    return x_digit, x, y
+
+
+def test_digit_effect_is_the_feature_difference_of_each_layer(fitted):
+    teacher, _ = fitted
+    x_digit, x, y = _digit_images()
+    out = digit_effect(teacher, ["layer2", "layer4"], x_digit, x, y, batch_size=4)
+    assert out["n"] == 6
+    with torch.no_grad():
+        assert out["accuracy_with"] == (teacher(x_digit).argmax(1) == y).sum().item() / 6
+        assert out["accuracy_without"] == (teacher(x).argmax(1) == y).sum().item() / 6
+    for layer in ("layer2", "layer4"):
+        module = teacher.model.get_submodule(layer)
+        feats = []
+        h = module.register_forward_hook(lambda _m, _i, o: feats.append(o.double()))
+        try:
+            with torch.no_grad():
+                teacher(x_digit), teacher(x)
+        finally:
+            h.remove()
+        d = feats[0] - feats[1]
+        expected = d.permute(0, 2, 3, 1).reshape(-1, d.shape[1])
+        assert out["delta"][layer].dtype == torch.float64
+        # separate batches vs one concatenated batch: float32 convolutions, so not bitwise
+        torch.testing.assert_close(out["delta"][layer], expected, rtol=0, atol=1e-4)
+    assert not dict(teacher.model.get_submodule("layer2")._forward_hooks)
+
+
+def test_artifact_energy(fitted):
+    teacher, subs = fitted
+    x_digit, x, y = _digit_images()
+    delta = digit_effect(teacher, ["layer2"], x_digit, x, y)["delta"]["layer2"]
+    out = artifact_energy(delta, subs[1].basis)
     assert set(out) == {"inside", "outside", "inside_share", "random_inside_share"}
     assert out["inside"] >= 0 and out["outside"] >= 0
+    assert out["inside"] + out["outside"] == pytest.approx(delta.pow(2).sum().item())
     assert 0 <= out["inside_share"] <= 1 and 0 <= out["random_inside_share"] <= 1
-    # Whole space: everything is inside.
+    # Whole space: everything is inside, for U_K and for the "random" subspace alike.
     full = relevant_subspace("layer2", torch.randn(80, 64), torch.randn(80, 64), 64)
-    assert artifact_energy(teacher, "layer2", full, x_digit, x)["inside_share"] == pytest.approx(1.0)
+    whole = artifact_energy(delta, full.basis)
+    assert whole["inside_share"] == pytest.approx(1.0) and whole["random_inside_share"] == pytest.approx(1.0)
+    # A direction the effect does not touch holds none of it.
+    basis = torch.zeros(2, 1, dtype=torch.float64)
+    basis[1, 0] = 1.0
+    assert artifact_energy(torch.tensor([[3.0, 0.0], [4.0, 0.0]], dtype=torch.float64), basis)["inside_share"] == 0.0
+
+
+def test_chapter_two_tables(fitted):
+    teacher, subs = fitted
+    x_digit, x, y = _digit_images()
+    effect = digit_effect(teacher, LAYERS, x_digit, x, y)
+    rank_k = rank_k_accuracy(teacher, subs, x_digit, y)
+    t = subspace_table(subs, rank_k, effect["accuracy_with"])
+    assert list(t["layer"]) == LAYERS and list(t["K"]) == STUDENT_WIDTHS and list(t["d"]) == TEACHER_WIDTHS
+    assert list(t["teacher accuracy, rank-K layer"]) == rank_k
+    assert (t["teacher accuracy, unmodified"] == effect["accuracy_with"]).all()
+    assert t["K/d"].tolist() == pytest.approx([k / d for k, d in zip(STUDENT_WIDTHS, TEACHER_WIDTHS)])
+    e = digit_energy_table({1.0: subs, 0.0: subs[:2]}, effect["delta"])
+    assert list(e["fitted_on_rho"]) == [0.0, 0.0] + [1.0] * 4   # sorted by ρ
+    assert e["digit_energy_in_U_K"].iloc[2] == artifact_energy(effect["delta"]["layer1"], subs[0].basis)["inside_share"]
+    p = student_pair_table({"a": subs[:1], "b": subs[1:2]}, effect["delta"])
+    assert list(p["student"]) == ["a", "b"] and list(p["layer"]) == ["layer1", "layer2"]
+    assert p["digit's effect inside U_K"].iloc[1] == e["digit_energy_in_U_K"].iloc[1]
 
 
 def test_save_and_load_roundtrip(tmp_path, fitted):

@@ -171,3 +171,18 @@ def test_unmatched_spatial_sizes_fail_before_training(tmp_path, paper_cfg, monke
     with pytest.raises(ReproError, match="cannot match the spatial sizes of teacher map 3×3 and student map 2×2"):
         train_run(cfg, tmp_path, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_student_ks_are_the_student_layers_widths():
+    """K per pair is the student's channel width there (D7): 16-32-64-128 for the
+    default mini student, twice that for the wide one (K/d = 0.25 and 0.5)."""
+    from types import SimpleNamespace
+
+    from reprolib.train import student_ks
+
+    world = SimpleNamespace(num_classes=5, input_shape=(1, 32, 32))
+    cfg = make_config("mini", "smoke", method="subdistill")
+    narrow = student_ks(cfg, world)
+    wide = student_ks(cfg.replace(student="mini-student-wide"), world)
+    assert len(narrow) == len(cfg.layer_pairs)
+    assert wide == [2 * k for k in narrow]

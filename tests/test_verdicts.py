@@ -249,3 +249,22 @@ def test_calibration_effects_follow_training_size():
     e = V.calibration_effects(pd.DataFrame(rows))
     assert "train_per_class" in e.columns and set(e["train_per_class"]) == {20, 80}
     assert "training images per class" in V.finding_calibration(e)
+
+
+def test_chapter_two_findings_read_their_tables():
+    diagnostics = pd.DataFrame({"layer": ["l1", "l2"], "K/d": [0.25, 0.25], "variance share in U_K": [0.6, 0.9],
+                                "teacher accuracy, rank-K layer": [0.80, 0.85],
+                                "teacher accuracy, unmodified": [0.86, 0.86]})
+    inside = pd.DataFrame({"digit_energy_in_U_K": [0.7, 0.8], "in_random_K_subspace": [0.2, 0.3]})
+    text = V.finding_subspace(diagnostics, inside)
+    assert "60%–90%" in text and "K/d ≤ 0.25" in text and "at most 6.0 accuracy points" in text
+    assert "passes through the subspace" in text
+    outside = inside.assign(digit_energy_in_U_K=[0.25, 0.8])   # overlaps the random subspace's share
+    assert "not concentrated" in V.finding_subspace(diagnostics, outside)
+
+    pairs = pd.DataFrame({"student": ["mini-student"] * 2 + ["mini-student-wide"] * 2, "layer": ["l1", "l2"] * 2,
+                          "K/d": [0.25, 0.25, 0.5, 0.5], "variance share in U_K": [0.5, 0.7, 0.8, 0.9],
+                          "digit's effect inside U_K": [0.3, 0.4, 0.6, 0.65]})
+    text = V.finding_student_pairs(pairs)
+    assert text.startswith("At K/d = 0.25 (the default student) the subspace holds 50%–70% of the teacher's variance "
+                           "and 30%–40% of the digit's effect; at K/d = 0.5 (the wide student) 80%–90%")
