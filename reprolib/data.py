@@ -114,6 +114,21 @@ def summarize_plans(plans: dict[str, SplitPlan]) -> dict[str, dict[str, int]]:
     return out
 
 
+
+def agreement_table(worlds: dict):
+    """Per ρ (``worlds``: ρ → world) and split: images, those with a digit, those whose
+    digit equals the label, and the two shares (chapter 1's check of the protocol)."""
+    import pandas as pd
+
+    rows = []
+    for rho, world in worlds.items():
+        for split, c in world.summary().items():
+            rows.append({"ρ": f"{rho:g}", "split": split, "images": c["n"], "with a digit": c["with_digit"],
+                         "digit = label": c["digit_equals_label"], "share with a digit": c["with_digit"] / c["n"],
+                         "share of digits = label": (c["digit_equals_label"] / c["with_digit"] if c["with_digit"]
+                                                     else float("nan"))})
+    return pd.DataFrame(rows)
+
 # ---------------------------------------------------------------------------
 # augmentation (mini world, batched)
 

@@ -61,7 +61,7 @@ def selected_runs(sweep_dir: str | Path, selection: str = "oracle", rhos=ANALYSI
     method, rho, seed, lambda_layer and the absolute run folder."""
     import pandas as pd
 
-    from .results import select_lambda
+    from .results import runs_at_chosen_lambda
 
     sweep_dir = Path(sweep_dir)
     results = sweep_results(sweep_dir, grid, world)
@@ -69,17 +69,10 @@ def selected_runs(sweep_dir: str | Path, selection: str = "oracle", rhos=ANALYSI
         # A calibration sweep: analyse its most common pool size only.
         pool = results["pool_per_class"].mode().iloc[0]
         results = results[results["pool_per_class"] == pool]
-    chosen = select_lambda(results, selection)
-    rows = []
-    for _, c in chosen.iterrows():
-        if not any(abs(c["rho"] - r) < 1e-9 for r in rhos):
-            continue
-        sel = results[(results["method"] == c["method"]) & (np.isclose(results["rho"], c["rho"]))]
-        if c["method"] != "kd":
-            sel = sel[np.isclose(sel["lambda_layer"].astype(float), float(c["lambda_layer"]))]
-        for _, r in sel.iterrows():
-            rows.append({"method": r["method"], "rho": float(r["rho"]), "seed": int(r["seed"]),
-                         "lambda_layer": r["lambda_layer"], "run_dir": str(sweep_dir / r["run_dir"])})
+    rows = [{"method": r["method"], "rho": float(r["rho"]), "seed": int(r["seed"]),
+             "lambda_layer": r["lambda_layer"], "run_dir": str(sweep_dir / r["run_dir"])}
+            for _, r in runs_at_chosen_lambda(results, selection).iterrows()
+            if any(abs(r["rho"] - rho) < 1e-9 for rho in rhos)]
     if not rows:
         raise ReproError(f"the sweep in {sweep_dir} has no finished runs at rho in {list(rhos)}")
     check_run_folders([r["run_dir"] for r in rows], sweep_dir)   # harden: before any work
@@ -204,6 +197,67 @@ def explain_sweep(sweep_dir: str | Path, out_dir: str | Path, *, tsne_images: in
     _save(out_dir, out, {"digest": digest, "settings": settings, "sweep": str(sweep_dir),
                          "seconds": time.time() - start, "n_students": int(len(runs))})
     return out
+
+
+def explain_book(world: str = "mini", preset: str = "quick", sweep_dir: str | Path | None = None,
+                 out_dir: str | Path | None = None, *, tsne_images: int = 600, lrp_images: int = 64,
+                 workers: int = 2, nonoracle: bool = True) -> dict:
+    """What chapters 5–7 start from: the ``preset`` sweep in ``sweep_dir`` (default
+    ``$REPROLIB_CACHE/sweeps/<world>-<preset>``; finished runs reused, unfinished ones
+    trained with ``workers``), and its students explained (:func:`explain_sweep`) under
+    the oracle rule and, with ``nonoracle``, the non-oracle rule, into
+    ``out_dir/<selection>`` (default ``<sweep>/explain`` and ``<sweep>/explain-nonoracle``).
+
+    Returns ``{"results": the sweep's table, "explanations": {selection: explanation},
+    "methods": the explained methods in book order, "rhos": their training ρ,
+    "description": the chapters' bullet list of what was explained}``.
+    """
+    from .config import METHOD_LABELS, METHODS
+    from .io import cache_dir
+    from .sweep import run_sweep
+
+    sweep_path = Path(sweep_dir) if sweep_dir else cache_dir("sweeps") / f"{world}-{preset}"
+    results = run_sweep(preset, sweep_path, world=world, workers=workers, progress=False)
+    explanations = {}
+    for selection in ("oracle", "nonoracle") if nonoracle else ("oracle",):
+        folder = (Path(out_dir) / selection if out_dir else
+                  sweep_path / ("explain" if selection == "oracle" else f"explain-{selection}"))
+        explanations[selection] = explain_sweep(sweep_path, folder, tsne_images=tsne_images, lrp_images=lrp_images,
+                                                progress=False, grid=preset, world=world, selection=selection)
+    knn = explanations["oracle"]["knn"]
+    methods = [m for m in METHODS if m in set(knn["method"])]
+    rhos = sorted(r for r in knn["rho"].dropna().unique())
+    n_students = int((knn["model"] == "student").sum())
+    description = (
+        f"* sweep **{world}-{preset}**: {n_students} students at their selected λ (every seed), "
+        f"methods {', '.join(METHOD_LABELS.get(m, m) for m in methods)}, "
+        f"ρ ∈ {{{', '.join(f'{r:g}' for r in rhos)}}}\n"
+        f"* {len(explanations['oracle']['labels'])} test images for the features, {lrp_images} for LRP, all from "
+        "the ρ = 1 test set (every image carries a random digit, so class and digit are independent)\n"
+        + ("* explained twice: students selected by the oracle rule and by the non-oracle rule" if nonoracle else
+           "* explained once: students selected by the oracle rule (`nonoracle = False`)"))
+    return {"results": results, "explanations": explanations, "methods": methods, "rhos": rhos,
+            "description": description}
+
+
+def knn_table(knn_summary):
+    """The kNN agreement summary with the book's method names and column names."""
+    from .config import METHOD_SHORT
+
+    t = knn_summary.assign(method=knn_summary["method"].map(lambda m: METHOD_SHORT.get(m, m)))
+    return t.rename(columns={"rho": "ρ", "knn_class_mean": "class agreement", "knn_class_std": "class (std)",
+                             "knn_digit_mean": "digit agreement", "knn_digit_std": "digit (std)"})
+
+
+def lrp_table(lrp_summary):
+    """The LRP summary with the book's method names and column names."""
+    from .config import METHOD_SHORT
+
+    t = lrp_summary.assign(method=lrp_summary["method"].map(lambda m: METHOD_SHORT.get(m, m)))
+    return t.rename(columns={"rho": "ρ", "corr_mean": "correlation (mean)", "corr_median": "median",
+                             "corr_ci_low": "95 % CI low", "corr_ci_high": "95 % CI high",
+                             "digit_share_student": "digit-patch share (student)",
+                             "digit_share_teacher": "digit-patch share (teacher)", "n_seeds": "seeds"})
 
 
 def _patch_origin(corner: str, size: int, h: int, w: int) -> tuple[int, int]:

@@ -156,6 +156,28 @@ SWEEP_PRESETS: dict[str, SweepGrid] = {
 }
 
 
+# Chapter 4's side grids at the smoke preset (tests and CI: two tiny pools, one seed; the
+# wide student): what ``grid_for(name, "smoke")`` gives instead of the quick-preset grid.
+SMOKE_SIDE_GRIDS: dict[str, SweepGrid] = {
+    "calibration": SweepGrid(
+        name="calibration-smoke", run_preset="smoke", methods=("kd", "subdistill"),
+        rhos=(0.0, 1.0), seeds=(1,), lambdas=(1.0,), pool_sizes=(10, 20),
+        note="smoke: two tiny pools, one seed"),
+    "kd-ablation": SweepGrid(
+        name="kd-ablation-smoke", run_preset="smoke", methods=("kd", "subdistill"),
+        rhos=(0.0, 1.0), seeds=(1,), lambdas=(1.0,),
+        overrides={"student": "mini-student-wide"}, note="smoke: the wide student"),
+}
+
+
+def grid_for(name: str, preset: str) -> SweepGrid:
+    """The grid ``name`` as the book runs it beside the ``preset`` sweep: its smoke
+    version (:data:`SMOKE_SIDE_GRIDS`) for the smoke preset, else the registered grid."""
+    if preset == "smoke" and name in SMOKE_SIDE_GRIDS:
+        return SMOKE_SIDE_GRIDS[name]
+    return get_grid(name)
+
+
 def get_grid(grid: str | SweepGrid) -> SweepGrid:
     if isinstance(grid, SweepGrid):
         return grid

@@ -323,3 +323,20 @@ def contrast_effects(results, lam: float, selection: str = "oracle"):
         d = rung_drop(name, a, b)   # the paired per-seed difference a - b, as the ladder's drop
         rows.append({"effect": name, "selection": selection, "mean": d.mean, "se": d.se, "n_seeds": d.n})
     return pd.DataFrame(rows)
+
+
+def contrast_table(results_by_world: dict, lam: float):
+    """:func:`contrast_effects` under both selection rules for each world (``{label:
+    results}``), one row per (world, selection, effect), as chapter 4 shows it."""
+    import pandas as pd
+
+    from .results import SELECTIONS
+    from .verdicts import fmt_points
+
+    rows = []
+    for label, results in results_by_world.items():
+        for selection in SELECTIONS:
+            for _, r in contrast_effects(results, lam, selection).iterrows():
+                rows.append({"world": label, "selection": selection, "effect": r["effect"],
+                             "points": fmt_points(r["mean"], r["se"]), "seeds": r["n_seeds"]})
+    return pd.DataFrame(rows)

@@ -96,10 +96,9 @@ def _share(seconds, cohort_size):
 
 def write_results(results: "pd.DataFrame", out_dir: str | os.PathLike) -> None:
     """results.csv and summary.csv (both selections), atomically."""
-    import pandas as pd
 
     out_dir = Path(out_dir)
-    summary = pd.concat([select_lambda(results, s) for s in SELECTIONS], ignore_index=True)
+    summary = summary_table(results)
     write_texts({out_dir / "results.csv": results.to_csv(index=False),   # both or neither
                  out_dir / "summary.csv": summary.to_csv(index=False)})
 
@@ -173,6 +172,131 @@ def select_lambda(results: "pd.DataFrame", selection: str = "oracle") -> "pd.Dat
                 _mean_std(sel[col]) if col is not None else (math.nan, math.nan))
         rows.append(row)
     return pd.DataFrame(rows, columns=out_columns)
+
+
+def summary_table(results: "pd.DataFrame") -> "pd.DataFrame":
+    """:func:`select_lambda` under every rule of :data:`SELECTIONS`, one table
+    (the rows of summary.csv)."""
+    import pandas as pd
+
+    return pd.concat([select_lambda(results, s) for s in SELECTIONS], ignore_index=True)
+
+
+def _same(column: "pd.Series", value) -> "pd.Series":
+    """``column == value``, with NaN equal to NaN and floats compared with rounding."""
+    import numpy as np
+
+    if isinstance(value, float) and math.isnan(value):
+        return column.isna()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return np.isclose(column.astype(float), float(value))
+    return column == value
+
+
+def runs_at_chosen_lambda(results: "pd.DataFrame", selection: str = "oracle") -> "pd.DataFrame":
+    """The runs (rows of ``results``, every seed) at the λ that ``selection`` chooses for
+    their (method, ρ[, pool, student]) group; KD, which has no λ, with all its runs.
+    Ordered by group as :func:`select_lambda` returns them, then as in ``results``."""
+    import pandas as pd
+
+    chosen = select_lambda(results, selection)
+    group_cols = ["method", "rho"] + [c for c in GROUP_COLUMNS if c in results.columns]
+    parts = []
+    for _, c in chosen.iterrows():
+        mask = pd.Series(True, index=results.index)
+        for col in group_cols:
+            mask &= _same(results[col], c[col])
+        if not (isinstance(c["lambda_layer"], float) and math.isnan(c["lambda_layer"])):
+            mask &= _same(results["lambda_layer"], float(c["lambda_layer"]))
+        parts.append(results[mask])
+    if not parts:
+        return results.iloc[:0]
+    return pd.concat(parts)
+
+
+def accuracy_table(summary: "pd.DataFrame") -> "pd.DataFrame":
+    """Per method and ρ: seeds, and for each selection rule its λ and the test accuracy
+    there (mean ± std over seeds, "–" where missing). Methods in :data:`METHODS` order."""
+    import pandas as pd
+
+    from .config import METHOD_SHORT, METHODS
+
+    def cell(row):
+        return (f"{row['test_accuracy_mean']:.3f} ± {row['test_accuracy_std']:.3f}"
+                if pd.notna(row["test_accuracy_mean"]) else "–")
+
+    rows = []
+    for (m, rho), g in summary.groupby(["method", "rho"], sort=False):
+        g = g.set_index("selection")
+        row = {"method": METHOD_SHORT.get(m, m), "ρ": f"{rho:g}", "seeds": int(g["n_seeds"].iloc[0])}
+        for s, label in (("oracle", "oracle"), ("nonoracle", "non-oracle")):
+            if s in g.index:
+                row[f"λ ({label})"] = g.loc[s, "lambda_layer"]
+                row[f"test accuracy ({label})"] = cell(g.loc[s])
+        rows.append(row)
+    order = {METHOD_SHORT.get(m, m): i for i, m in enumerate(METHODS)}
+    return pd.DataFrame(rows).sort_values(["method", "ρ"],
+                                          key=lambda c: c.map(order) if c.name == "method" else c)
+
+
+def describe_sweep(grid, results: "pd.DataFrame", run_cfg: RunConfig, world: str) -> str:
+    """The bullet list that opens chapter 4: the grid, its methods, ρ, seeds and λ, the
+    recipe of each run, and how many runs were reused or trained
+    (``results.attrs["sweep"]``, as :func:`reprolib.sweep.run_sweep` sets it)."""
+    from .config import METHOD_LABELS, METHODS
+
+    done = results.attrs.get("sweep", {})
+    steps = results["optimizer_steps"].dropna().unique() if "optimizer_steps" in results else []
+    methods = [m for m in METHODS if m in set(results["method"])]
+    return (
+        f"* world **{world}**, sweep grid **{grid.name}**: {grid.describe()}; methods "
+        + ", ".join(METHOD_LABELS.get(m, m) for m in methods) + "\n"
+        f"* ρ ∈ {{{', '.join(f'{r:g}' for r in grid.rhos)}}}, seeds {list(grid.seeds)}, "
+        f"λ ∈ {{{', '.join(f'{l:g}' for l in grid.lambdas)}}} (KD has no λ)\n"
+        f"* each run: {run_cfg.epochs} epochs at batch {run_cfg.batch_size}"
+        + (f", {int(steps[0])} optimiser steps" if len(steps) == 1 else "")
+        + f", learning rate halved every {run_cfg.lr_step} epochs, {run_cfg.data.pool_per_class} images per "
+        f"class in the pool\n"
+        f"* {len(results)} finished runs: {done.get('reused', 0)} reused from earlier builds, "
+        f"{done.get('computed', 0)} trained now")
+
+
+# ---------------------------------------------------------------------------
+# the convergence benchmark's measured tables (benchmarks/convergence.py)
+
+def load_convergence(bench_dir: str | os.PathLike, run_cfg: RunConfig, preset: str):
+    """The convergence tables measured in ``bench_dir`` (``convergence-*.json``): the
+    newest one of ``preset``'s current recipe (its optimiser steps and learning rate, as
+    ``run_cfg`` has them) or None, and the others (earlier recipes) as {file name: table}."""
+    from .config import optimizer_steps
+
+    measured = {p.name: read_json(p) for p in sorted(Path(bench_dir).glob("convergence-*.json"))}
+
+    def current(name):
+        return name.startswith(f"convergence-{preset}-") and all(
+            r["steps"] == optimizer_steps(run_cfg) and r.get("lr", 1e-3) == run_cfg.lr
+            for r in measured[name]["table"])
+
+    names = [n for n in measured if current(n)]
+    chosen = (names[-1], measured[names[-1]]) if names else None
+    return chosen, {n: t for n, t in measured.items() if n not in names}
+
+
+def convergence_table(measured: dict) -> "pd.DataFrame":
+    """A measured convergence table (one row per method) as the book shows it."""
+    import pandas as pd
+
+    from .config import METHOD_LABELS
+
+    ct = pd.DataFrame(measured["table"])
+    return pd.DataFrame({
+        "method": ct["method"].map(lambda m: METHOD_LABELS.get(m, m)),
+        "λ": ct["lambda_layer"].map(lambda v: "–" if v == 0 else f"{v:g}"),
+        "steps": ct["steps"], "test accuracy": [f"{m:.3f} ± {s:.3f}" for m, s in zip(ct["test_mean"], ct["test_std"])],
+        "3× steps": ct["steps_long"],
+        "test accuracy, 3× steps": [f"{m:.3f} ± {s:.3f}" for m, s in zip(ct["test_mean_long"], ct["test_std_long"])],
+        "change (points)": [f"{100 * d:+.1f}" for d in ct["long_minus_quick"]],
+        "within 2 points": ["yes" if c else "no" for c in ct["converged"]]})
 
 
 def _mean_std(values: "pd.Series") -> tuple[float, float]:

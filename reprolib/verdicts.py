@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 HOLDS, PARTLY, FAILS, UNTESTED = "holds", "partly", "does not hold", "not tested"
@@ -733,6 +734,120 @@ def finding_convergence(curves, rho: float = 0.0, tolerance: float = 0.02) -> st
     if rising:
         return text + f"{', '.join(rising)} still gain more than {tolerance * 100:.0f} points: not converged."
     return text + f"Every curve has flattened (no gain above {tolerance * 100:.0f} points)."
+
+
+def finding_convergence_rule(measured, older: dict, preset: str, run_cfg) -> str:
+    """What the convergence benchmark measured for ``preset``'s current recipe
+    (``measured``: (file name, table) from :func:`reprolib.results.load_convergence`, or
+    None) and, in a sentence of its own, for earlier recipes (``older``)."""
+    from .config import METHOD_LABELS, optimizer_steps
+
+    if measured is not None:
+        path, conv = measured
+        rows = conv["table"]
+        n_ok = int(sum(r["converged"] for r in rows))
+        gains = [100 * r["long_minus_quick"] for r in rows]
+        hardware = "an NVIDIA H200 GPU in fp32" if conv["device"].startswith("cuda") else "the CPU in fp32"
+        text = (
+            f"Measured once (`benchmarks/results/{path}`) for the {preset} preset ({rows[0]['steps']} optimiser steps "
+            f"per run, learning rate {rows[0].get('lr', 1e-3):g}) at ρ = 0, seeds 1–3, "
+            f"λ = {max(r['lambda_layer'] for r in rows):g} for every layer method (the authors' default), on "
+            f"{hardware}: **{n_ok} of {len(rows)} methods meet the rule.** Three times the steps raises the mean test "
+            f"accuracy by {min(gains):+.1f} to {max(gains):+.1f} points, so "
+            + ("the quick preset's students are converged by this rule." if n_ok == len(rows) else
+               "**the quick preset's students are not converged by this rule**: every number in this chapter is "
+               "measured on students that would still improve with more training, and the verdicts below carry "
+               "that caveat."))
+    else:
+        text = (f"The convergence benchmark has no measured table for this preset's recipe "
+                f"({optimizer_steps(run_cfg)} steps, learning rate {run_cfg.lr:g}); run "
+                f"`benchmarks/convergence.py --preset {preset}`.")
+    if older:
+        text += " Earlier recipes, measured the same way, are kept beside it: " + "; ".join(
+            f"`{path}`: " + ", ".join(f"{METHOD_LABELS.get(r['method'], r['method'])} {100 * r['long_minus_quick']:+.1f}" for r in t["table"])
+            + f" points at {t['table'][0]['steps']} steps, learning rate {t['table'][0].get('lr', 1e-3):g}"
+            for path, t in older.items()) + "."
+    return text
+
+
+def calibration_text(cal_grid, cal_results, effects) -> str:
+    """The calibration grid in one sentence (sizes, seeds, λ, whether the step budget is
+    fixed), then :func:`finding_calibration`."""
+    steps = cal_results["optimizer_steps"].dropna().unique() if "optimizer_steps" in cal_results else []
+    lam_text = (f"λ is fixed at {cal_grid.lambdas[0]:g} (no selection)" if len(cal_grid.lambdas) == 1 else
+                f"λ is selected per pool size among {{{', '.join(f'{l:g}' for l in cal_grid.lambdas)}}}")
+    if len(steps) == 1:
+        step_text = (f"every run takes the same {int(steps[0])} optimiser steps, so pool size is not confounded "
+                     "with training length")
+    elif len(steps) > 1:
+        step_text = (f"the number of optimiser steps grows with the pool ({int(min(steps))}–{int(max(steps))}): "
+                     "this grid does not fix the step budget, so pool size and training length are confounded")
+    else:
+        step_text = "the runs do not report their optimiser steps"
+    size_col = calibration_size_column(cal_results)
+    size_text = ("training parts of " if size_col == "train_per_class" else "pools of ") + ", ".join(
+        str(int(v)) for v in sorted(cal_results[size_col].dropna().unique())) + " images per class"
+    return (f"Grid **{cal_grid.name}**: {size_text}, seeds {list(cal_grid.seeds)}; {lam_text}; {step_text}. "
+            + finding_calibration(effects))
+
+
+def calibration_table(effects):
+    """:func:`calibration_effects`'s table with the book's column names."""
+    from .figures import EFFECT_LABELS
+
+    return effects.assign(effect=effects["effect"].map(EFFECT_LABELS)).rename(columns={
+        "pool_per_class": "images per class in the pool", "train_per_class": "training images per class",
+        "n_seeds": "seeds", "se": "standard error"})
+
+
+def kd_ablation(main, wide, grid, sweep_dir):
+    """The K/d ablation: the default student's runs of ``main`` that ``grid`` (the
+    ablation's grid) also trains, beside the wide student's runs ``wide``; λ selected
+    per student by the oracle rule. Returns (the selected table with a ``student``
+    column, {student: label with its K/d}, the sentence: SubDistill − KD at ρ = 1 per
+    student, mean ± combined standard error)."""
+    import pandas as pd
+
+    from .io import read_json
+    from .results import select_lambda
+
+    narrow = main[main["method"].isin(grid.methods) & main["rho"].isin(grid.rhos)
+                  & ((main["method"] == "kd") | main["lambda_layer"].isin(grid.lambdas))]
+    parts, labels = [], {}
+    for df in (narrow, wide):
+        student = df["student"].iloc[0]
+        sub = df[df["method"] == "subdistill"]
+        ratio = (k_over_d(read_json(Path(sweep_dir) / sub["run_dir"].iloc[0] / "metrics.json")["layers"])
+                 if len(sub) else math.nan)
+        labels[student] = f"{'wide' if 'wide' in str(student) else 'default'} student (K/d = {ratio:.2g})"
+        parts.append(select_lambda(df, "oracle").assign(student=student))
+    ablation = pd.concat(parts, ignore_index=True)
+    gaps = {}
+    for student, g in ablation.groupby("student", sort=False):
+        c_sd, c_kd = cell(g, "subdistill", 1.0), cell(g, "kd", 1.0)
+        gaps[labels[student]] = (c_sd.mean - c_kd.mean, combined_se(c_sd.se, c_kd.se))
+    lam_note = (f"Both students at λ = {grid.lambdas[0]:g} (fixed, not selected). " if len(grid.lambdas) == 1
+                else f"λ selected per student among {{{', '.join(f'{l:g}' for l in grid.lambdas)}}}. ")
+    sentence = (lam_note + "SubDistill − KD at ρ = 1: "
+                + "; ".join(f"{k}: {fmt_points(*v)}" for k, v in gaps.items()) + ".")
+    return ablation, labels, sentence
+
+
+def finding_digit_confusion(digit, pred, n_classes: int, follows: float = 0.4) -> str:
+    """How often a test image with digit k is predicted as class k, averaged over k (the
+    diagonal of :func:`reprolib.figures.confusion_table`, row-normalised); above
+    ``follows`` the student counts as following the digit. ``digit`` and ``pred``: the
+    digit-bearing images' digits and predictions."""
+    import numpy as np
+
+    from .figures import confusion_table
+
+    if len(digit) == 0:
+        return "No test image carries a digit at ρ = 0, so there is no digit to follow."
+    diag = float(np.trace(confusion_table(digit, pred, n_classes).values)) / n_classes
+    return (f"On average {diag:.0%} of the images with digit k are predicted as class k (chance: "
+            f"{1 / n_classes:.0%}); " + ("a bright diagonal: the student follows the digit." if diag > follows
+                                         else "no strong diagonal: the student mostly ignores the digit."))
 
 
 def k_over_d(layers) -> float:
