@@ -11,14 +11,13 @@ Worlds (``book/protocol.md`` D11, ``book/mini_world.md``) fill in defaults; pres
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field, asdict
 from typing import Any
 
 from . import CODE_VERSION
 from .errors import ReproError
+from .io import digest
 
 WORLDS = ("mini", "paper")
 VAL_DIGIT_MODES = ("random", "correlated")
@@ -94,9 +93,7 @@ class RunConfig:
 
     def key(self) -> str:
         """Hash of config + code version: stable, and sensitive to every field."""
-        payload = {"config": self.to_dict(), "code_version": CODE_VERSION}
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return digest({"config": self.to_dict(), "code_version": CODE_VERSION}, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":

@@ -181,3 +181,19 @@ def test_decode_cache_key(pinned, monkeypatch):
     with pytest.raises(_Written):
         paper_world.decode_cache(files, 32, limit=1 << 30)
     assert written == ["eval32-782f33ae3fe6ebad-e42458bd4dc258c5.npy"]
+
+
+def test_digest_forms():
+    """Bytes, text, byte chunks and JSON: each the sha256 of the same bytes as before."""
+    def sha(b):
+        return hashlib.sha256(b).hexdigest()
+
+    assert io.digest(b"abc", length=None) == sha(b"abc")
+    assert io.digest("abc") == sha(b"abc")[:16]
+    assert io.digest(iter([b"a", b"bc"]), length=8) == sha(b"abc")[:8]
+    obj = {"b": [1, 2.5, None], "a": "x"}
+    assert io.digest(obj) == sha(b'{"a": "x", "b": [1, 2.5, null]}')[:16]
+    assert io.digest(obj, separators=(",", ":")) == sha(b'{"a":"x","b":[1,2.5,null]}')[:16]
+    with pytest.raises(TypeError):
+        io.digest({"p": object()})
+    assert io.digest({"p": 1j}, default=str) == sha(b'{"p": "1j"}')[:16]
