@@ -22,7 +22,21 @@ from .io import digest
 WORLDS = ("mini", "paper")
 VAL_DIGIT_MODES = ("random", "correlated")
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+# The methods' names, written here once: every module, script, benchmark and notebook
+# imports them from here (tests/test_names.py). METHODS is also the order of every
+# table and figure; reprolib.methods registers one class per name (tested to agree).
 METHODS = ("kd", "at", "vid", "vkd", "subdistill")
+PROPOSED = "subdistill"                                  # the paper's method
+BASELINES = tuple(m for m in METHODS if m != PROPOSED)   # kd, at, vid, vkd
+LAYER_METHODS = tuple(m for m in METHODS if m != "kd")   # the methods with a layer loss (λ_layer)
+# Short names (tables, verdicts, legends) and long labels (figure legends); "teacher"
+# stands for the teacher's own row in the analyses.
+METHOD_SHORT = {"kd": "KD", "at": "AT", "vid": "VID", "vkd": "VkD", "subdistill": "SubDistill",
+                "teacher": "teacher"}
+METHOD_LABELS = {"kd": "KD (output only)", "at": "AT (attention transfer)", "vid": "VID (variational info.)",
+                 "vkd": "VkD (orthogonal projection)", "subdistill": "SubDistill (relevant subspace)",
+                 "teacher": "teacher"}
 STUDENT_NORMS = ("standardize", "center")
 VID_VARIANCES = ("learned", "fixed")
 

@@ -22,16 +22,12 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from .config import METHOD_LABELS, METHOD_SHORT, METHODS
+
 DPI = 200
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
 CLASS_COLOURS = ("#CC6677", "#332288", "#DDCC77", "#117733", "#88CCEE", "#882255", "#44AA99", "#999933",
                  "#AA4499", "#DDDDDD")   # Paul Tol "muted"
-METHOD_ORDER = ("kd", "at", "vid", "vkd", "subdistill")
-METHOD_LABELS = {"kd": "KD (output only)", "at": "AT (attention transfer)", "vid": "VID (variational info.)",
-                 "vkd": "VkD (orthogonal projection)", "subdistill": "SubDistill (relevant subspace)",
-                 "teacher": "teacher"}
-METHOD_SHORT = {"kd": "KD", "at": "AT", "vid": "VID", "vkd": "VkD", "subdistill": "SubDistill",
-                "teacher": "teacher"}
 _STYLES = {
     "kd": dict(color=OKABE_ITO[0], marker="o", linestyle="-"),
     "at": dict(color=OKABE_ITO[1], marker="s", linestyle="--"),
@@ -74,7 +70,7 @@ def _subplots(nrows=1, ncols=1, figsize=(6, 4), **kw):
 
 def _methods(table) -> list[str]:
     present = list(dict.fromkeys(table["method"]))
-    return [m for m in METHOD_ORDER if m in present] + [m for m in present if m not in METHOD_ORDER]
+    return [m for m in METHODS if m in present] + [m for m in present if m not in METHODS]
 
 
 def _select(summary, selection):
