@@ -49,7 +49,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from reprolib import artifacts as art
 from reprolib.config import LAYER_METHODS, PAPER_SUBTASK, make_config

@@ -37,8 +37,6 @@ _STYLES = {
 }
 STUDENT_LABELS = {"narrow": "narrow student (K/d = 0.25)", "wide": "wide student (K/d = 0.5)",
                   "mini-student": "narrow student", "mini-student-wide": "wide student"}
-SELECTION_LABELS = {"oracle": "oracle selection (random-digit validation)",
-                    "nonoracle": "non-oracle selection (correlated-digit validation)"}
 
 
 def use_book_style() -> None:
@@ -192,8 +190,6 @@ def load_curves(results, sweep_dir: str | Path):
 def validation_curves(curves, rhos: Sequence[float] | None = None):
     """Validation accuracy per epoch, one panel per ρ, one line per method (mean over
     seeds, band: ± std). The x axis is in optimiser steps when the table has them."""
-    import pandas as pd
-
     rhos = sorted(curves["rho"].unique()) if rhos is None else list(rhos)
     use_steps = "step" in curves.columns and curves["step"].notna().all() and len(curves)
     x = "step" if use_steps else "epoch"
@@ -225,7 +221,6 @@ def accuracy_per_lambda(results, chosen=None, selection: str = "oracle", metric:
     """Mean (± std over seeds) validation accuracy at every λ per method, one panel
     per ρ, the selected λ circled. ``chosen`` is the ``select_lambda`` table. KD has
     no λ: a horizontal line."""
-    import pandas as pd
     from .results import SELECTIONS
 
     metric = metric or SELECTIONS[selection][0]

@@ -464,17 +464,6 @@ class PaperWorld(World):
                            full=self._cache(pool, True) if augment else None,
                            evaluated=None if augment else self._cache(pool, False))
 
-    def transform(self, augment: bool):
-        """The per-image torchvision transform equivalent to the pipeline (the
-        crops' random draws aside); for inspection, not used by the loaders."""
-        from torchvision import transforms as T
-
-        size = self.cfg.image_size
-        if augment:
-            return T.Compose([T.RandomResizedCrop(size, scale=tuple(self.cfg.crop_scale)),
-                              T.RandomHorizontalFlip(), T.ToTensor()])
-        return T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor()])
-
     # -- the artifact, per batch -----------------------------------------
     def _constants(self, dev: torch.device):
         key = str(dev)

@@ -35,7 +35,6 @@ from typing import Iterable, Mapping, Sequence
 from .config import BASELINES, METHOD_SHORT, PROPOSED
 
 HOLDS, PARTLY, FAILS, UNTESTED = "holds", "partly", "does not hold", "not tested"
-VERDICTS = (HOLDS, PARTLY, FAILS, UNTESTED)
 CHANCE = 0.2            # five subtask classes
 SELECTION_NAMES = {"oracle": "oracle", "nonoracle": "non-oracle"}
 
@@ -63,7 +62,7 @@ class Verdict:
     key: str                 # "a".."e"
     claim: str               # short name of the claim
     paper: str               # the paper's statement
-    verdict: str             # one of VERDICTS
+    verdict: str             # HOLDS, PARTLY, FAILS or UNTESTED
     value: str               # our number with its uncertainty
     reason: str              # one line: why this verdict
     selection: str = "oracle"

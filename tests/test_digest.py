@@ -22,7 +22,7 @@ import torch
 import reprolib
 from reprolib import config, io, teacher, train
 from reprolib.config import DataConfig, RunConfig
-from reprolib.data import SPLITS, World
+from reprolib.data import World
 
 GOLDEN_CODE = "golden-code"
 GOLDEN_TEACHER_CODE = "golden-teacher-code"
