@@ -49,10 +49,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from reprolib import artifacts as art
-from reprolib.config import PAPER_SUBTASK, make_config
+from reprolib.config import LAYER_METHODS, PAPER_SUBTASK, make_config
 from reprolib.data import normalize
 from reprolib.paper_world import PaperWorld
 from reprolib.sources import IMAGENET_MEAN, IMAGENET_STD
@@ -62,7 +61,6 @@ from reprolib.models import FrozenTeacher, build_student
 from reprolib.standins import fake_weights, imagenet_standin, mnist_standin
 from reprolib.subspace import RelevantSubspace
 
-LAYER_METHODS = ("at", "vid", "vkd", "subdistill")
 LAMBDAS = (1.0, 10.0, 100.0, 1000.0)
 COHORT = [("kd", 0.0)] + [(m, lam) for m in LAYER_METHODS for lam in LAMBDAS]   # 17 students
 BATCH = 32     # the protocol's (§5); --batch changes it (plumbing checks only)

@@ -11,19 +11,32 @@ Worlds (``book/protocol.md`` D11, ``book/mini_world.md``) fill in defaults; pres
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field, asdict
 from typing import Any
 
 from . import CODE_VERSION
 from .errors import ReproError
+from .io import digest
 
 WORLDS = ("mini", "paper")
 VAL_DIGIT_MODES = ("random", "correlated")
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+# The methods' names, written here once: every module, script, benchmark and notebook
+# imports them from here (tests/test_names.py). METHODS is also the order of every
+# table and figure; reprolib.methods registers one class per name (tested to agree).
 METHODS = ("kd", "at", "vid", "vkd", "subdistill")
+PROPOSED = "subdistill"                                  # the paper's method
+BASELINES = tuple(m for m in METHODS if m != PROPOSED)   # kd, at, vid, vkd
+LAYER_METHODS = tuple(m for m in METHODS if m != "kd")   # the methods with a layer loss (λ_layer)
+# Short names (tables, verdicts, legends) and long labels (figure legends); "teacher"
+# stands for the teacher's own row in the analyses.
+METHOD_SHORT = {"kd": "KD", "at": "AT", "vid": "VID", "vkd": "VkD", "subdistill": "SubDistill",
+                "teacher": "teacher"}
+METHOD_LABELS = {"kd": "KD (output only)", "at": "AT (attention transfer)", "vid": "VID (variational info.)",
+                 "vkd": "VkD (orthogonal projection)", "subdistill": "SubDistill (relevant subspace)",
+                 "teacher": "teacher"}
 STUDENT_NORMS = ("standardize", "center")
 VID_VARIANCES = ("learned", "fixed")
 
@@ -94,9 +107,7 @@ class RunConfig:
 
     def key(self) -> str:
         """Hash of config + code version: stable, and sensitive to every field."""
-        payload = {"config": self.to_dict(), "code_version": CODE_VERSION}
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return digest({"config": self.to_dict(), "code_version": CODE_VERSION}, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":

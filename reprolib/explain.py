@@ -23,7 +23,6 @@ sweep results and settings loads them.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ReproError
-from .io import atomic_path, check_output_dir, read_json, write_json, write_text
+from .io import atomic_path, check_output_dir, digest, read_json, write_json, write_text
 from .results import check_results_table
 from .rundirs import check_run_folders
 
@@ -108,8 +107,8 @@ def digit_measurement_images(cfg, world, n: int):
 
 
 def _digest(results, settings: dict) -> str:
-    text = results.to_csv(index=False).encode() + json.dumps(settings, sort_keys=True).encode()
-    return hashlib.sha256(text).hexdigest()[:16]
+    """The key of an analysis: the sweep's results table (as CSV) and the settings."""
+    return digest(results.to_csv(index=False).encode() + json.dumps(settings, sort_keys=True).encode())
 
 
 def explain_sweep(sweep_dir: str | Path, out_dir: str | Path, *, tsne_images: int = 600,

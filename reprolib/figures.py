@@ -22,16 +22,12 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from .config import METHOD_LABELS, METHOD_SHORT, METHODS
+
 DPI = 200
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
 CLASS_COLOURS = ("#CC6677", "#332288", "#DDCC77", "#117733", "#88CCEE", "#882255", "#44AA99", "#999933",
                  "#AA4499", "#DDDDDD")   # Paul Tol "muted"
-METHOD_ORDER = ("kd", "at", "vid", "vkd", "subdistill")
-METHOD_LABELS = {"kd": "KD (output only)", "at": "AT (attention transfer)", "vid": "VID (variational info.)",
-                 "vkd": "VkD (orthogonal projection)", "subdistill": "SubDistill (relevant subspace)",
-                 "teacher": "teacher"}
-METHOD_SHORT = {"kd": "KD", "at": "AT", "vid": "VID", "vkd": "VkD", "subdistill": "SubDistill",
-                "teacher": "teacher"}
 _STYLES = {
     "kd": dict(color=OKABE_ITO[0], marker="o", linestyle="-"),
     "at": dict(color=OKABE_ITO[1], marker="s", linestyle="--"),
@@ -41,8 +37,6 @@ _STYLES = {
 }
 STUDENT_LABELS = {"narrow": "narrow student (K/d = 0.25)", "wide": "wide student (K/d = 0.5)",
                   "mini-student": "narrow student", "mini-student-wide": "wide student"}
-SELECTION_LABELS = {"oracle": "oracle selection (random-digit validation)",
-                    "nonoracle": "non-oracle selection (correlated-digit validation)"}
 
 
 def use_book_style() -> None:
@@ -74,7 +68,7 @@ def _subplots(nrows=1, ncols=1, figsize=(6, 4), **kw):
 
 def _methods(table) -> list[str]:
     present = list(dict.fromkeys(table["method"]))
-    return [m for m in METHOD_ORDER if m in present] + [m for m in present if m not in METHOD_ORDER]
+    return [m for m in METHODS if m in present] + [m for m in present if m not in METHODS]
 
 
 def _select(summary, selection):
@@ -196,8 +190,6 @@ def load_curves(results, sweep_dir: str | Path):
 def validation_curves(curves, rhos: Sequence[float] | None = None):
     """Validation accuracy per epoch, one panel per ρ, one line per method (mean over
     seeds, band: ± std). The x axis is in optimiser steps when the table has them."""
-    import pandas as pd
-
     rhos = sorted(curves["rho"].unique()) if rhos is None else list(rhos)
     use_steps = "step" in curves.columns and curves["step"].notna().all() and len(curves)
     x = "step" if use_steps else "epoch"
@@ -229,7 +221,6 @@ def accuracy_per_lambda(results, chosen=None, selection: str = "oracle", metric:
     """Mean (± std over seeds) validation accuracy at every λ per method, one panel
     per ρ, the selected λ circled. ``chosen`` is the ``select_lambda`` table. KD has
     no λ: a horizontal line."""
-    import pandas as pd
     from .results import SELECTIONS
 
     metric = metric or SELECTIONS[selection][0]

@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from .errors import ReproError
@@ -165,12 +166,35 @@ def write_texts(files: dict[str | os.PathLike, str]) -> None:
             Path(tmp).write_text(text)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def digest(obj: Any, *, length: int | None = 16, separators: tuple[str, str] | None = None,
+           default: Any = None) -> str:
+    """The hex sha256 of ``obj``, cut to its first ``length`` characters (``None``:
+    all 64): the one helper behind every cache key and content hash.
+
+    ``obj`` is hashed as its bytes: ``bytes`` (or ``bytearray``, ``memoryview``) as
+    they are, ``str`` UTF-8 encoded, an iterator (a generator, ``iter(...)``) as the
+    concatenation of the byte chunks it yields, and anything else as its JSON with
+    sorted keys (``json.dumps(obj, sort_keys=True, separators=..., default=...)``:
+    ``default=str`` for values JSON does not know, such as paths).
+    """
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        h.update(obj)
+    elif isinstance(obj, str):
+        h.update(obj.encode())
+    elif isinstance(obj, Iterator):
+        for chunk in obj:
             h.update(chunk)
-    return h.hexdigest()
+    else:
+        h.update(json.dumps(obj, sort_keys=True, separators=separators, default=default).encode())
+    text = h.hexdigest()
+    return text if length is None else text[:length]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The full hex sha256 of a file's content, read in 1 MiB chunks."""
+    with open(path, "rb") as fh:
+        return digest(iter(lambda: fh.read(1 << 20), b""), length=None)
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> str:
@@ -189,7 +213,7 @@ def torch_save(obj: Any, path: str | os.PathLike) -> str:
     data = buf.getvalue()
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
+    return digest(data, length=None)
 
 
 def torch_load(path: str | os.PathLike, what: str = "checkpoint", map_location: Any = "cpu") -> Any:

@@ -33,7 +33,6 @@ MINI_STUDENT_WIDTHS = (8, 16, 32, 64)          # K/d = 0.25 against the teacher
 MINI_STUDENT_WIDE_WIDTHS = (16, 32, 64, 128)    # K/d = 0.5 (the K/d ablation)
 RESNET18S_WIDTHS = (32, 64, 128, 256)
 
-TEACHERS = ("mini-teacher", "resnet101", "resnet18")
 STUDENTS = ("mini-student", "mini-student-wide", "mobilenetv4_conv_small", "resnet18-s")
 
 

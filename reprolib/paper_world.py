@@ -21,7 +21,7 @@ from . import artifacts as art
 from .config import DataConfig
 from .data import World, plan_splits
 from .errors import ReproError
-from .io import atomic_path, cache_dir
+from .io import atomic_path, cache_dir, digest
 from .sources import IMAGENET_MEAN, IMAGENET_STD, IMAGENET_WNIDS, artifact_bank
 
 # ---------------------------------------------------------------------------
@@ -215,13 +215,6 @@ class _DecodeFiles(torch.utils.data.Dataset):
         return i, torch.from_numpy(arr)
 
 
-def _sha(obj) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def decode_cache(files: list[Path], size: int | None, workers: int = 0,
                  limit: int | None = None, progress: bool = False) -> DecodeCache | None:
     """The decode cache of ``files`` (``size=None``: full resolution; else the
@@ -246,8 +239,8 @@ def decode_cache(files: list[Path], size: int | None, workers: int = 0,
     for f in paths:
         st = os.stat(f)
         ident.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
-    slot = ("full" if size is None else f"eval{size}") + "-" + _sha(paths)
-    key = _sha(ident)
+    slot = ("full" if size is None else f"eval{size}") + "-" + digest(paths, default=str)
+    key = digest(ident, default=str)
     folder = cache_dir("decoded")
     blob_path, index_path = folder / f"{slot}-{key}.npy", folder / f"{slot}-{key}.index.npy"
     if index_path.is_file() and blob_path.is_file():
@@ -470,17 +463,6 @@ class PaperWorld(World):
         return _PaperSplit(self.files[pool], self.cfg.image_size, augment, tuple(self.cfg.crop_scale),
                            full=self._cache(pool, True) if augment else None,
                            evaluated=None if augment else self._cache(pool, False))
-
-    def transform(self, augment: bool):
-        """The per-image torchvision transform equivalent to the pipeline (the
-        crops' random draws aside); for inspection, not used by the loaders."""
-        from torchvision import transforms as T
-
-        size = self.cfg.image_size
-        if augment:
-            return T.Compose([T.RandomResizedCrop(size, scale=tuple(self.cfg.crop_scale)),
-                              T.RandomHorizontalFlip(), T.ToTensor()])
-        return T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor()])
 
     # -- the artifact, per batch -----------------------------------------
     def _constants(self, dev: torch.device):

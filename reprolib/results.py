@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from .config import RunConfig, split_sizes
 from .errors import ReproError
-from .io import read_json, write_text, write_texts
+from .io import read_json, write_texts
 from .rundirs import check_run, run_dir_for
 
 if TYPE_CHECKING:

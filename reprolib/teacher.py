@@ -11,8 +11,6 @@ ImageNet models it is trained without augmentation by default (see
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from .config import RunConfig
 from .data import normalize, pad_to, random_resized_crop
 from .sources import MINI_MEAN, MINI_STD, load_fashion_mnist
 from .errors import ReproError
-from .io import cache_dir, read_json, torch_save, write_json
+from .io import cache_dir, digest, read_json, torch_save, write_json
 from .models import FrozenTeacher, load_paper_teacher, mini_teacher
 
 
@@ -80,8 +78,7 @@ class TeacherConfig:
     precision: str = "fp32"           # "fp32" or "bf16" (autocast forward; native-bf16 CPUs, GPUs)
 
     def key(self) -> str:
-        text = json.dumps({"cfg": dataclasses.asdict(self), "code": TEACHER_CODE_VERSION}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return digest({"cfg": dataclasses.asdict(self), "code": TEACHER_CODE_VERSION})
 
 
 # The "smoke" recipe is for tests and CI only: a teacher in seconds, numbers meaningless.

@@ -28,10 +28,8 @@ test metrics, the relevant subspaces, device parsing); a finished run is read ba
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
-from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +38,7 @@ from . import CODE_VERSION
 from .config import RunConfig
 from .data import World
 from .devices import resolve_device as _resolve_device
-from .io import cache_dir, write_json
+from .io import cache_dir, digest, write_json
 from .models import FrozenTeacher
 
 
@@ -62,10 +60,6 @@ def teacher_identity(cfg: RunConfig) -> str:
 
         return f"mini-teacher-{recipe(cfg.teacher_recipe, cfg.data.image_size).key()}"
     return f"{cfg.teacher}:{cfg.teacher_weights or 'torch-cache'}"
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------
@@ -119,14 +113,12 @@ def teacher_test_metrics(teacher: FrozenTeacher, world: World, cfg: RunConfig,
     pool size, augmentation...) share one evaluation.
     """
     if world.in_memory:
-        h = hashlib.sha256()
-        for t in world.tensors("test"):
-            h.update(str((t.dtype, tuple(t.shape))).encode())
-            h.update(t.contiguous().numpy().tobytes())
-        data = {"test_digest": h.hexdigest()}
+        data = {"test_digest": digest((part for t in world.tensors("test")
+                                        for part in (str((t.dtype, tuple(t.shape))).encode(),
+                                                     t.contiguous().numpy().tobytes())), length=None)}
     else:
         data = cfg.data.__dict__ | {"augment": None}
-    key = _digest({"teacher": teacher_identity(cfg), "data": data, "code": CODE_VERSION})
+    key = digest({"teacher": teacher_identity(cfg), "data": data, "code": CODE_VERSION}, default=str)
     path = cache_dir("teacher_eval") / f"{key}.json"
     if path.is_file():
         try:
@@ -156,9 +148,9 @@ def relevant_subspaces(cfg: RunConfig, teacher: FrozenTeacher, world: World, ks:
     from .subspace import fit_relevant_subspaces, load_subspaces, save_subspaces
 
     layers = [t for t, _ in cfg.layer_pairs]
-    key = _digest({"teacher": teacher_identity(cfg), "data": cfg.data.__dict__, "seed": cfg.seed,
+    key = digest({"teacher": teacher_identity(cfg), "data": cfg.data.__dict__, "seed": cfg.seed,
                    "layers": layers, "ks": ks, "positions": cfg.subspace_positions,
-                   "code": CODE_VERSION})
+                   "code": CODE_VERSION}, default=str)
     path = cache_dir("subspaces") / f"{key}.pt"
     if path.is_file():
         try:

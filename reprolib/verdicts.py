@@ -33,12 +33,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from .config import BASELINES, METHOD_SHORT, PROPOSED
+
 HOLDS, PARTLY, FAILS, UNTESTED = "holds", "partly", "does not hold", "not tested"
-VERDICTS = (HOLDS, PARTLY, FAILS, UNTESTED)
 CHANCE = 0.2            # five subtask classes
-BASELINES = ("kd", "at", "vid", "vkd")
-METHOD_NAMES = {"kd": "KD", "at": "AT", "vid": "VID", "vkd": "VkD", "subdistill": "SubDistill",
-                "teacher": "teacher"}
 SELECTION_NAMES = {"oracle": "oracle", "nonoracle": "non-oracle"}
 
 # The paper's statements, as the book quotes them.
@@ -65,7 +63,7 @@ class Verdict:
     key: str                 # "a".."e"
     claim: str               # short name of the claim
     paper: str               # the paper's statement
-    verdict: str             # one of VERDICTS
+    verdict: str             # HOLDS, PARTLY, FAILS or UNTESTED
     value: str               # our number with its uncertainty
     reason: str              # one line: why this verdict
     selection: str = "oracle"
@@ -82,7 +80,7 @@ class Verdict:
 # ---------------------------------------------------------------------------
 # Small helpers (pure)
 def name(method: str) -> str:
-    return METHOD_NAMES.get(method, method)
+    return METHOD_SHORT.get(method, method)
 
 
 def standard_error(std: float, n: int) -> float:
@@ -168,7 +166,7 @@ def _methods(summary, selection: str, rho: float) -> list[str]:
     d = summary[summary["selection"] == selection] if "selection" in summary.columns else summary
     d = d[(d["rho"].astype(float) - float(rho)).abs() < 1e-9]
     present = list(dict.fromkeys(d["method"]))
-    order = [m for m in (*BASELINES, "subdistill") if m in present]
+    order = [m for m in (*BASELINES, PROPOSED) if m in present]
     return order + [m for m in present if m not in order]
 
 

@@ -21,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-METHODS = ("kd", "at", "vid", "vkd", "subdistill")
+from reprolib.config import METHODS
 
 
 def main(argv=None) -> int:

@@ -13,19 +13,17 @@ Environment (read at call time, so spawned and Ray workers see it too):
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
 
 import reprolib
-from reprolib.io import atomic_path, write_json
+from reprolib.io import atomic_path, digest, write_json
 
 
 def _unit(key: str, name: str) -> float:
     """A number in [0, 1) fixed by the config key and a metric name."""
-    digest = hashlib.sha256(f"{key}/{name}".encode()).hexdigest()
-    return int(digest[:12], 16) / 16 ** 12
+    return int(digest(f"{key}/{name}", length=12), 16) / 16 ** 12
 
 
 def fake_metrics(cfg) -> dict:
@@ -67,6 +65,6 @@ def fake_train_run(cfg, out_dir, *, device="cpu", progress=True, threads=None) -
     metrics = fake_metrics(cfg)
     # Not a torch file: the sweep accepts it because its sha256 is recorded.
     metrics.update(threads=threads, device=device, seconds=time.perf_counter() - start,
-                   student_sha256=hashlib.sha256(student).hexdigest())
+                   student_sha256=digest(student, length=None))
     write_json(out_dir / "metrics.json", metrics)
     return metrics

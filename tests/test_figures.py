@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from reprolib import figures, verdicts  # noqa: E402
+from reprolib import config, figures, verdicts  # noqa: E402
 
 METHODS = ("kd", "at", "subdistill")
 
@@ -70,7 +70,7 @@ def test_accuracy_vs_rho_and_digit_split():
 
 
 def test_method_styles_distinct():
-    styles = [figures.method_style(m) for m in figures.METHOD_ORDER]
+    styles = [figures.method_style(m) for m in config.METHODS]
     assert len({s["color"] for s in styles}) == len(styles)
     assert len({s["marker"] for s in styles}) == len(styles)
 
@@ -168,8 +168,8 @@ def test_lrp_grid():
     fig = _is_figure(figures.lrp_grid(images, heat, 1.0, ["kd", "vid"], (0, 0, 3), np.zeros(8), np.ones(8), n=4))
     assert len(fig.axes) == 3 * 4     # image row, teacher, KD; VID has no maps at ρ = 1 and gets no row
     axes = np.asarray(fig.axes).reshape(3, 4)
-    assert [a.get_ylabel() for a in axes[:, 0]] == ["image", figures.METHOD_SHORT.get("teacher", "teacher"),
-                                                    figures.METHOD_SHORT["kd"]]
+    assert [a.get_ylabel() for a in axes[:, 0]] == ["image", config.METHOD_SHORT.get("teacher", "teacher"),
+                                                    config.METHOD_SHORT["kd"]]
     for j in range(4):
         np.testing.assert_array_equal(axes[0, j].images[0].get_array(), images[j, 0])
         np.testing.assert_array_equal(axes[1, j].images[0].get_array(), heat["teacher"][j])
