@@ -94,13 +94,20 @@ def _share(seconds, cohort_size):
     return seconds / size
 
 
-def write_results(results: "pd.DataFrame", out_dir: str | os.PathLike) -> None:
-    """results.csv and summary.csv (both selections), atomically."""
-
+def write_results(results: "pd.DataFrame", out_dir: str | os.PathLike, grid: str | None = None,
+                  main: bool = True) -> None:
+    """The grid's tables, atomically and all together: ``results-<grid>.csv`` and
+    ``summary-<grid>.csv`` (both selections) when ``grid`` is named, and, when ``main``,
+    the folder's ``results.csv`` and ``summary.csv`` (those of its main grid: the first
+    grid run into the folder, :func:`reprolib.sweep.run_sweep`)."""
     out_dir = Path(out_dir)
-    summary = summary_table(results)
-    write_texts({out_dir / "results.csv": results.to_csv(index=False),   # both or neither
-                 out_dir / "summary.csv": summary.to_csv(index=False)})
+    texts = {"results": results.to_csv(index=False), "summary": summary_table(results).to_csv(index=False)}
+    files = {}
+    if grid is not None:
+        files.update({out_dir / f"{name}-{grid}.csv": text for name, text in texts.items()})
+    if main:
+        files.update({out_dir / f"{name}.csv": text for name, text in texts.items()})
+    write_texts(files)
 
 
 def load_results(out_dir: str | os.PathLike) -> "pd.DataFrame":

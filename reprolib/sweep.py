@@ -25,9 +25,12 @@ because every run is a pure function of its config and its thread count.
 Each task gets ``threads = max(1, cpu_count // workers)`` torch threads unless
 told otherwise; keep that number equal when comparing backends.
 
-After the runs, ``DIR/results.csv`` (one row per run) and ``DIR/summary.csv``
-(λ chosen per method and ρ by :func:`select_lambda`, under both selections of
-D3) are written atomically (:mod:`reprolib.results`).
+After the runs, ``DIR/results-<grid>.csv`` (one row per run) and
+``DIR/summary-<grid>.csv`` (λ chosen per method and ρ by :func:`select_lambda`, under
+both selections of D3) are written atomically (:mod:`reprolib.results`); so are
+``DIR/results.csv`` and ``DIR/summary.csv`` when the grid is the folder's main grid
+(the first one run into it, recorded in ``sweep.json``), so a side grid run into the
+same folder (the calibration, the K/d ablation) leaves them alone.
 
 This module keeps the planning, the lock, :func:`run_sweep` and the command
 line; it re-exports nothing (import a grid, a table or a run folder's rule from
@@ -211,8 +214,15 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
         if plan.todo:
             rundirs.check_numerics([run_dir_for(out_dir, c) for c in plan.reused], threads, device,
                               allow_mixed, precision)
+        # The folder's main grid (results.csv, summary.csv) is the first one run into it;
+        # every grid also writes results-<grid>.csv and summary-<grid>.csv.
+        try:
+            previous = read_json(out_dir / "sweep.json")
+        except (OSError, ValueError):   # none yet, or unreadable: this grid is the main one
+            previous = {}
+        main_grid = previous.get("main_grid", grid.name) if isinstance(previous, dict) else grid.name
         write_json(out_dir / "sweep.json", {
-            "grid": dataclasses.asdict(grid), "world": world, "limit": limit,
+            "grid": dataclasses.asdict(grid), "main_grid": main_grid, "world": world, "limit": limit,
             "world_variant": variant_name(grid, world),
             "keys": [c.key() for c in cells], "backend": backend, "workers": workers,
             "threads_per_run": threads, "device": device, "cohort": cohort,
@@ -250,7 +260,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
                     failures[key] = f"the run returned but its folder is unfinished: {why}"
 
         results = collect_results(cells, out_dir)
-        write_results(results, out_dir)
+        write_results(results, out_dir, grid.name, main=grid.name == main_grid)
         results.attrs["sweep"] = {
             "out": str(out_dir), "grid": grid.name, "world": world, "cells": len(cells),
             "world_variant": variant_name(grid, world),
@@ -292,7 +302,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "sweep", help="run a grid of distillation runs (resumable) and select lambda",
         description="Run every cell of a sweep grid into DIR/runs/<config key>/, reusing "
-                    "finished runs, then write DIR/results.csv and DIR/summary.csv.")
+                    "finished runs, then write DIR/results-<grid>.csv and DIR/summary-<grid>.csv (and "
+                    "DIR/results.csv, DIR/summary.csv for the folder's first grid).")
     _add_arguments(p)
     p.set_defaults(func=_cli_sweep)
     return p

@@ -114,6 +114,42 @@ def test_notebooks_use_the_book_shape():
         assert "plt.subplots" not in text, f"{name}: plotting code belongs in reprolib.figures"
 
 
+# The notebooks' code budget (all chapters together): the logic lives in reprolib.
+NOTEBOOK_CODE_LINES = 450
+
+
+def notebook_code_problems(sources: dict[str, list[str]]) -> list[str]:
+    """Why the notebooks' code cells (``{name: [cell source, ...]}``) break the book's
+    shape: a function or class defined in a cell (``ast``, at any depth), or more code
+    lines in all than :data:`NOTEBOOK_CODE_LINES`."""
+    import ast
+
+    problems, lines = [], 0
+    for name, cells in sources.items():
+        for src in cells:
+            lines += len(src.splitlines())
+            tree = ast.parse("\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!"))))
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    problems.append(f"{name}: defines {node.name!r} (library code belongs in reprolib)")
+    if lines >= NOTEBOOK_CODE_LINES:
+        problems.append(f"the notebooks hold {lines} code lines (budget: under {NOTEBOOK_CODE_LINES})")
+    return problems
+
+
+def test_notebooks_hold_no_library_code():
+    """No code cell defines a function or class, and the chapters' code stays under budget."""
+    import nbformat
+
+    sources = {name: [c.source for c in nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells
+                      if c.cell_type == "code"] for name in NOTEBOOKS}
+    assert notebook_code_problems(sources) == []
+    # the check can fail: a planted helper, nested in a loop, and an over-long chapter
+    planted = {"x": ["for i in range(2):\n    def helper():\n        return i\n", "class A:\n    pass\n"]}
+    assert [p.split(":")[0] for p in notebook_code_problems(planted)] == ["x", "x"]
+    assert "code lines" in notebook_code_problems({"x": ["a = 1\n" * NOTEBOOK_CODE_LINES]})[0]
+
+
 def test_captions_are_numbered_in_order():
     """Every figure and table has a numbered caption "**Figure c.k:**", k = 1, 2, ... per chapter."""
     import re

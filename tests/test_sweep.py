@@ -553,3 +553,23 @@ def test_no_cohort_flag_and_cohort_tasks_with_a_custom_runner(tmp_path, fake_env
     assert res.attrs["sweep"]["tasks"] == 4 and len(res) == 12
     assert main(["--preset", "smoke", "--out", str(out), "--device", "cuda:x"]) == 2
     assert "unknown device 'cuda:x'" in capsys.readouterr().err
+
+
+def test_each_grid_writes_its_own_tables_and_the_first_keeps_results_csv(tmp_path, fake_env):
+    """A side grid run into the same folder (as chapter 4 runs the calibration there)
+    writes results-<grid>.csv and summary-<grid>.csv and leaves the folder's
+    results.csv and summary.csv, which belong to the first grid run into it."""
+    main = run_sweep(_tiny_grid(), tmp_path, run_fn=fake_train_run, progress=False)
+    first = {n: (tmp_path / f"{n}.csv").read_text() for n in ("results", "summary")}
+    assert first["results"] == (tmp_path / "results-tiny.csv").read_text()
+    assert first["summary"] == (tmp_path / "summary-tiny.csv").read_text()
+    side = run_sweep(_tiny_grid(name="side", methods=("kd",), seeds=(3,)), tmp_path, run_fn=fake_train_run,
+                     progress=False)
+    assert len(side) == 2 and set(side["seed"]) == {3}
+    assert pd.read_csv(tmp_path / "results-side.csv")["seed"].tolist() == [3, 3]
+    assert {n: (tmp_path / f"{n}.csv").read_text() for n in ("results", "summary")} == first
+    assert json.loads((tmp_path / "sweep.json").read_text())["main_grid"] == "tiny"
+    # the main grid again (resumed): its tables are rewritten, the same
+    again = run_sweep(_tiny_grid(), tmp_path, run_fn=fake_train_run, progress=False)
+    assert len(again) == len(main)
+    assert (tmp_path / "results.csv").read_text() == first["results"]
