@@ -396,8 +396,7 @@ class Cohort:
             kd = methods_module.kd_loss(s_logits.float(), t_logits, cfg.temperature)
             layer_terms = []
             if m.s_paths:
-                s_feats = m.method.student_transform([f.float() for f in raw])
-                layer_terms = m.method.criterion(s_feats, targets[m.tkey])
+                layer_terms = m.method([f.float() for f in raw], targets[m.tkey])
             ce = (F.cross_entropy(s_logits.float(), y.to(self.dev)) if cfg.lambda_task > 0 else None)
         m.scap.features = {}
         loss, terms = methods_module.loss_terms(kd, layer_terms, cfg.lambda_layer, ce, cfg.lambda_task)

@@ -175,12 +175,19 @@ class DistillMethod(nn.Module):
                   ) -> list[torch.Tensor]:
         return [self.pair_loss(i, s, t) for i, (s, t) in enumerate(zip(s_list, t_list))]
 
-    def layer_losses(self, student_feats: Sequence[torch.Tensor],
-                     teacher_feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def teacher_targets(self, teacher_feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The teacher's side of the loss from its raw features: :meth:`teacher_transform`
+        without gradient, detached (an identity transform would otherwise hand back the
+        caller's tensor). The trainer computes the same once per batch for every student."""
         with torch.no_grad():
-            # detach: an identity transform would otherwise hand back the caller's tensor.
-            t_list = [t.detach() for t in self.teacher_transform(teacher_feats)]
-        return self.criterion(self.student_transform(student_feats), t_list)
+            return [t.detach() for t in self.teacher_transform(teacher_feats)]
+
+    def forward(self, student_feats: Sequence[torch.Tensor],
+                teacher_targets: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The layer losses, one per pair, from the student's raw features and the
+        teacher's targets (:meth:`teacher_targets`). Training and the golden-value tests
+        both call this."""
+        return self.criterion(self.student_transform(student_feats), teacher_targets)
 
     def _check_count(self, feats: Sequence[torch.Tensor]) -> None:
         if len(feats) != len(self.sizes):
@@ -198,7 +205,10 @@ class KD(DistillMethod):
     def build(cls, teacher_shapes, student_shapes, **options):
         return cls()
 
-    def layer_losses(self, student_feats, teacher_feats) -> list[torch.Tensor]:
+    def teacher_targets(self, teacher_feats) -> list[torch.Tensor]:
+        return []
+
+    def forward(self, student_feats, teacher_targets) -> list[torch.Tensor]:
         return []
 
 

@@ -89,7 +89,7 @@ def test_vid_loss_matches_gaussian_nll():
     t, s = feats([(6, 4, 4)])[0], feats([(3, 2, 2)], seed=1)[0]
     mu = m.layers[0].regressor(s)
     expected = 0.5 * ((mu - F.adaptive_avg_pool2d(t, 2)) ** 2 / 5.0 + torch.log(torch.tensor(5.0)))
-    torch.testing.assert_close(m.layer_losses([s], [t])[0], expected.mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m([s], m.teacher_targets([t]))[0], expected.mean(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.numerics
@@ -107,7 +107,7 @@ def test_subdistill_loss_matches_per_position_sum():
             for j in range(2):
                 diff = V @ s_hat[b, :, i, j] - U.T @ (tp[b, :, i, j] - mu)
                 total = total + diff.pow(2).sum() / (4 * layer.alpha)
-    torch.testing.assert_close(m.layer_losses([s], [t])[0], total / 2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m([s], m.teacher_targets([t]))[0], total / 2, rtol=1e-5, atol=1e-6)
 
 
 def test_subdistill_center_mode_only_centres():
@@ -147,7 +147,7 @@ def test_align_spatial_rejects_incompatible_shapes(t_hw, s_hw):
 def _step(method, t_shapes, s_shapes, weight_decay=0.0):
     # §5: AdamW with weight_decay 0 (see the VkD docstring for why it matters).
     opt = torch.optim.AdamW(method.parameters(), lr=0.1, weight_decay=weight_decay)
-    loss = sum(method.layer_losses(feats(s_shapes, seed=1), feats(t_shapes)))
+    loss = sum(method(feats(s_shapes, seed=1), method.teacher_targets(feats(t_shapes))))
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -211,7 +211,7 @@ def test_gradients_reach_student_and_method_never_teacher(name):
     t_shapes, s_shapes = [(8, 4, 4), (6, 2, 2)], [(4, 2, 2), (6, 4, 4)]
     m = make(name, t_shapes, s_shapes)
     s, t = feats(s_shapes, seed=1, grad=True), feats(t_shapes, grad=True)
-    sum(m.layer_losses(s, t)).backward()
+    sum(m(s, m.teacher_targets(t))).backward()
     assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in s)
     assert all(f.grad is None for f in t)
     for pname, p in m.named_parameters():
@@ -226,7 +226,7 @@ def test_methods_run_on_mini_and_mismatched_pairs(name, pair):
     else:  # 256 -> 64 channels, 56² teacher vs 28² student (paper pair 1, scaled down in batch)
         t_shapes, s_shapes = [(256, 56, 56)], [(64, 28, 28)]
     m = make(name, t_shapes, s_shapes)
-    losses = m.layer_losses(feats(s_shapes, seed=1), feats(t_shapes))
+    losses = m(feats(s_shapes, seed=1), m.teacher_targets(feats(t_shapes)))
     assert m.uses_layers == (name != "kd")
     assert len(losses) == (len(t_shapes) if m.uses_layers else 0)
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses)
@@ -242,7 +242,7 @@ def test_teacher_transform_is_deterministic_and_cacheable():
         torch.testing.assert_close(m.teacher_transform(t)[0], cached[0])
         m.eval()  # eval: no batch statistics are updated, so both paths agree exactly
         torch.testing.assert_close(m.criterion(m.student_transform(s), cached)[0],
-                                   m.layer_losses(s, t)[0])
+                                   m(s, m.teacher_targets(t))[0])
 
 
 # ---------------------------------------------------------------- registry and objective
