@@ -46,14 +46,13 @@ from .errors import ReproError
 from .grids import COHORT_FIELDS, cohort_key
 from .hooks import resolve_modules
 from .io import check_output_dir, check_threads, read_json
-from .models import build_student
+from .models import EVAL_BATCH, build_student, predict_labels
 from .rundirs import check_run, write_run
 from .teacher import build_teacher
 from .train import (relevant_subspaces, resolve_device, seed_everything, split_accuracies,
                     teacher_test_metrics)
 
 PRECISIONS = ("fp32", "bf16")
-EVAL_BATCH = 500
 TEACHER_CHUNK = 256   # the precomputed (no augmentation) path
 
 
@@ -126,14 +125,8 @@ class _EvalSet:
         x, self.y, self.d = _whole(world, split)
         self.xs = [_fast(x[i:i + batch_size], dev) for i in range(0, len(x), batch_size)]
 
-    @torch.no_grad()
     def predict(self, model: torch.nn.Module, autocast) -> torch.Tensor:
-        was = model.training
-        model.eval()
-        with autocast():
-            preds = [model(x).argmax(1) for x in self.xs]
-        model.train(was)
-        return torch.cat(preds).cpu()
+        return predict_labels(model, self.xs, autocast)
 
     def accuracy(self, model, autocast) -> float:
         return float((self.predict(model, autocast) == self.y).float().mean())
@@ -164,13 +157,8 @@ class _PairedEvalSet:
         self.xs = [_fast(union[i:i + batch_size], dev) for i in range(0, len(union), batch_size)]
         self.ya, self.yb = ya, yb
 
-    @torch.no_grad()
     def accuracies(self, model: torch.nn.Module, autocast) -> tuple[float, float]:
-        was = model.training
-        model.eval()
-        with autocast():
-            pred = torch.cat([model(x).argmax(1) for x in self.xs]).cpu()
-        model.train(was)
+        pred = predict_labels(model, self.xs, autocast)
         pa = pred[:self.n]
         pb = pa.clone()
         pb[self.differs] = pred[self.n:]
