@@ -44,16 +44,15 @@ from .data import World
 from .worlds import build_world
 from .errors import ReproError
 from .grids import COHORT_FIELDS, cohort_key
-from .hooks import resolve_modules
+from .hooks import FeatureCapture
 from .io import check_output_dir, check_threads, read_json
-from .models import build_student
+from .models import EVAL_BATCH, build_student, predict_labels
 from .rundirs import check_run, write_run
 from .teacher import build_teacher
 from .train import (relevant_subspaces, resolve_device, seed_everything, split_accuracies,
                     teacher_test_metrics)
 
 PRECISIONS = ("fp32", "bf16")
-EVAL_BATCH = 500
 TEACHER_CHUNK = 256   # the precomputed (no augmentation) path
 
 
@@ -73,33 +72,9 @@ class CohortError(ReproError):
         super().__init__(msg)
 
 
-class _Capture:
+def _capture(model: torch.nn.Module, paths: Sequence[str]) -> FeatureCapture:
     """Forward hooks registered once per run; they store outputs only while armed."""
-
-    def __init__(self, model: torch.nn.Module, paths: Sequence[str]):
-        self.paths = list(paths)
-        self.features: dict[str, torch.Tensor] = {}
-        self.armed = False
-        self.handles = [module.register_forward_hook(self._hook(path))
-                        for path, module in resolve_modules(model, self.paths).items()]
-
-    def _hook(self, path):
-        def hook(_module, _inputs, output):
-            if self.armed:
-                if not isinstance(output, torch.Tensor):
-                    raise ReproError(f"module {path!r} returns {type(output).__name__}, not a "
-                                     "tensor; pick a module whose output is a feature map")
-                self.features[path] = output
-        return hook
-
-    def get(self) -> list[torch.Tensor]:
-        return [self.features[p] for p in self.paths]
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-        self.features = {}
+    return FeatureCapture(model, paths, armed=False).open()
 
 
 _LOGITS = "__logits__"
@@ -126,14 +101,8 @@ class _EvalSet:
         x, self.y, self.d = _whole(world, split)
         self.xs = [_fast(x[i:i + batch_size], dev) for i in range(0, len(x), batch_size)]
 
-    @torch.no_grad()
     def predict(self, model: torch.nn.Module, autocast) -> torch.Tensor:
-        was = model.training
-        model.eval()
-        with autocast():
-            preds = [model(x).argmax(1) for x in self.xs]
-        model.train(was)
-        return torch.cat(preds).cpu()
+        return predict_labels(model, self.xs, autocast)
 
     def accuracy(self, model, autocast) -> float:
         return float((self.predict(model, autocast) == self.y).float().mean())
@@ -164,13 +133,8 @@ class _PairedEvalSet:
         self.xs = [_fast(union[i:i + batch_size], dev) for i in range(0, len(union), batch_size)]
         self.ya, self.yb = ya, yb
 
-    @torch.no_grad()
     def accuracies(self, model: torch.nn.Module, autocast) -> tuple[float, float]:
-        was = model.training
-        model.eval()
-        with autocast():
-            pred = torch.cat([model(x).argmax(1) for x in self.xs]).cpu()
-        model.train(was)
+        pred = predict_labels(model, self.xs, autocast)
         pa = pred[:self.n]
         pb = pa.clone()
         pb[self.differs] = pred[self.n:]
@@ -253,7 +217,7 @@ class Cohort:
         for m in self.active:
             t_paths += [p for p in m.t_paths if p not in t_paths]
         self.t_paths = t_paths
-        self.tcap = _Capture(self.teacher.model, t_paths)
+        self.tcap = _capture(self.teacher.model, t_paths)
         for m in self.active:
             m.t_idx = [t_paths.index(p) for p in m.t_paths]
         # One teacher transform per distinct (method, layers, student, positions): those
@@ -303,10 +267,10 @@ class Cohort:
             # Hooks on submodules do not fire inside a compiled graph: compile an FX
             # feature extractor instead (the same modules and parameters, returning
             # the logits and the hooked layers' outputs).
-            m.scap = _Capture(m.student, [])
+            m.scap = _capture(m.student, [])
             m.forward = torch.compile(_extractor(m.student, m.s_paths))
         else:
-            m.scap = _Capture(m.student, m.s_paths)
+            m.scap = _capture(m.student, m.s_paths)
             m.forward = None
         params = list(m.student.parameters()) + list(m.method.parameters())
         fused = {"fused": True} if dev.type == "cuda" else {}

@@ -39,31 +39,46 @@ class FeatureCapture:
     The captured tensors are the modules' outputs of the most recent forward
     pass, still attached to the autograd graph (so a caller can differentiate
     with respect to them).
+
+    A training loop keeps the hooks for a whole run instead: :meth:`open` once,
+    :meth:`close` at the end, and ``armed`` set only around the forward passes
+    whose features it wants (an unarmed hook stores nothing: evaluation passes).
     """
 
-    def __init__(self, model: nn.Module, paths: Sequence[str]):
+    def __init__(self, model: nn.Module, paths: Sequence[str], armed: bool = True):
         self.paths = list(paths)
         self.modules = resolve_modules(model, self.paths)
         self.features: dict[str, torch.Tensor] = {}
+        self.armed = armed
         self._handles: list = []
 
-    def __enter__(self) -> "FeatureCapture":
+    def open(self) -> "FeatureCapture":
+        """Register the hooks (until :meth:`close`)."""
         for path, module in self.modules.items():
             self._handles.append(module.register_forward_hook(self._hook(path)))
         return self
 
     def _hook(self, path: str):
         def hook(_module, _inputs, output):
+            if not self.armed:
+                return
             if not isinstance(output, torch.Tensor):
                 raise ReproError(f"module {path!r} returns {type(output).__name__}, not a tensor; "
                                  "pick a module whose output is a feature map")
             self.features[path] = output
         return hook
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
+        """Remove the hooks."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+    def __enter__(self) -> "FeatureCapture":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __getitem__(self, path: str) -> torch.Tensor:
         return self.features[path]

@@ -17,9 +17,10 @@ student and ``resnet18-s``, a narrow ResNet-18 from torchvision blocks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, ContextManager, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ MINI_BLOCKS = (1, 1, 1, 1)
 MINI_TEACHER_WIDTHS = (32, 64, 128, 256)
 MINI_STUDENT_WIDTHS = (8, 16, 32, 64)          # K/d = 0.25 against the teacher
 MINI_STUDENT_WIDE_WIDTHS = (16, 32, 64, 128)    # K/d = 0.5 (the K/d ablation)
+EVAL_BATCH = 500    # images per forward pass wherever a model is only evaluated
 RESNET18S_WIDTHS = (32, 64, 128, 256)
 
 STUDENTS = ("mini-student", "mini-student-wide", "mobilenetv4_conv_small", "resnet18-s")
@@ -205,3 +207,23 @@ class FrozenTeacher(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).index_select(1, self.class_index)
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, inputs: Iterable[torch.Tensor],
+                   autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor:
+    """The predicted class (argmax of the logits) of ``model`` on every batch of
+    ``inputs``, concatenated on the CPU: the one prediction loop of the package.
+
+    The model runs in eval mode (its train/eval mode is restored afterwards), without
+    gradient, inside ``autocast()`` (the cohort's precision); the batches are used as
+    they come (split them with ``x.split(EVAL_BATCH)``, move them to the device first).
+    """
+    was = model.training
+    model.eval()
+    try:
+        with autocast():
+            preds = [model(x).argmax(1) for x in inputs]
+    finally:
+        model.train(was)
+    return torch.cat(preds).cpu()

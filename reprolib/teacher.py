@@ -26,7 +26,7 @@ from .data import normalize, pad_to, random_resized_crop
 from .sources import MINI_MEAN, MINI_STD, load_fashion_mnist
 from .errors import ReproError
 from .io import cache_dir, digest, read_json, torch_save, write_json
-from .models import FrozenTeacher, load_paper_teacher, mini_teacher
+from .models import EVAL_BATCH, FrozenTeacher, load_paper_teacher, mini_teacher, predict_labels
 
 
 # The teacher's cache key follows the code that trains it (this module, the data
@@ -109,15 +109,6 @@ def teacher_dir(tcfg: TeacherConfig) -> Path:
     return cache_dir("teachers") / f"mini-{tcfg.key()}"
 
 
-@torch.no_grad()
-def evaluate_10class(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     batch_size: int = 500) -> torch.Tensor:
-    """Predictions of a 10-class model on normalised images."""
-    model.eval()
-    preds = [model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
-    return torch.cat(preds)
-
-
 def train_mini_teacher(tcfg: TeacherConfig = TeacherConfig(), *, progress: bool = True,
                        force: bool = False) -> tuple[torch.nn.Module, dict]:
     """Train (or load) the mini teacher; return the 10-class model and its manifest."""
@@ -177,14 +168,14 @@ def train_mini_teacher(tcfg: TeacherConfig = TeacherConfig(), *, progress: bool 
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if _epoch + 1 < tcfg.epochs:
             t_eval = time.time()
-            curve.append(float((evaluate_10class(model, x_test, y_test) == y_test).float().mean()))
+            curve.append(float((predict_labels(model, x_test.split(EVAL_BATCH)) == y_test).float().mean()))
             eval_seconds += time.time() - t_eval
     bar.close()
     seconds = time.time() - start - eval_seconds   # training only (data set-up included)
     model.eval()
-    pred = evaluate_10class(model, x_test, y_test)
+    pred = predict_labels(model, x_test.split(EVAL_BATCH))
     curve.append(float((pred == y_test).float().mean()))
-    train_pred = evaluate_10class(model, normalize(x_train, MINI_MEAN, MINI_STD), y_train)
+    train_pred = predict_labels(model, normalize(x_train, MINI_MEAN, MINI_STD).split(EVAL_BATCH))
     manifest = {
         "config": dataclasses.asdict(tcfg),
         "code_version": TEACHER_CODE_VERSION,
@@ -211,8 +202,7 @@ def subtask_accuracy_mini(model: torch.nn.Module, classes: tuple[int, ...]) -> f
     x = normalize(pad_to(fm["test_x"][keep], 32).unsqueeze(1).float() / 255.0, MINI_MEAN, MINI_STD)
     lut = {c: i for i, c in enumerate(classes)}
     target = torch.tensor([lut[int(c)] for c in y[keep]])
-    teacher = FrozenTeacher(model, classes)
-    pred = torch.cat([teacher(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])
+    pred = predict_labels(FrozenTeacher(model, classes), x.split(EVAL_BATCH))
     return float((pred == target).float().mean())
 
 

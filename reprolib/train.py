@@ -39,7 +39,7 @@ from .config import RunConfig
 from .data import World
 from .devices import resolve_device as _resolve_device
 from .io import cache_dir, digest, write_json
-from .models import FrozenTeacher
+from .models import EVAL_BATCH, FrozenTeacher, predict_labels
 
 
 
@@ -65,20 +65,19 @@ def teacher_identity(cfg: RunConfig) -> str:
 # ---------------------------------------------------------------------------
 # evaluation
 
-@torch.no_grad()
 def predict(model: torch.nn.Module, world: World, split: str, device: torch.device,
-            batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(predictions, labels, digits) of ``model`` on a whole split, eval mode."""
-    was = model.training
-    model.eval()
-    preds, ys, ds = [], [], []
-    for x, y, d in world.batches(split, batch_size):
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        preds.append(model(x).argmax(1).cpu())
-        ys.append(y)
-        ds.append(d)
-    model.train(was)
-    return torch.cat(preds), torch.cat(ys), torch.cat(ds)
+    ys, ds = [], []
+
+    def inputs():
+        for x, y, d in world.batches(split, batch_size):
+            ys.append(y)
+            ds.append(d)
+            yield x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+    preds = predict_labels(model, inputs())
+    return preds, torch.cat(ys), torch.cat(ds)
 
 
 def split_accuracies(pred: torch.Tensor, y: torch.Tensor, digit: torch.Tensor) -> dict[str, float]:

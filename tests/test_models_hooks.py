@@ -155,6 +155,34 @@ def test_non_tensor_outputs_are_refused():
     with pytest.raises(ReproError, match="returns tuple, not a tensor"):
         with FeatureCapture(net, ["pair"]):
             net(torch.zeros(1))
+    unarmed = FeatureCapture(net, ["pair"], armed=False).open()   # stores nothing, checks nothing
+    net(torch.zeros(1))
+    assert unarmed.features == {}
+    unarmed.close()
+
+
+def test_a_capture_held_for_a_run_stores_only_while_armed():
+    """The cohort's way: hooks open for the whole run, armed around the training
+    forward passes only; it captures the very tensors the context manager does."""
+    torch.manual_seed(0)
+    s = mini_student(5)
+    x = torch.randn(3, 1, 32, 32)
+    cap = FeatureCapture(s, ["layer2", "layer4"], armed=False).open()
+    assert _hook_counts(s) == 2
+    s(x)                                    # an evaluation pass: nothing kept
+    assert cap.features == {}
+    cap.armed = True
+    logits = s(x)
+    cap.armed = False
+    first = cap.get()
+    with FeatureCapture(s, ["layer2", "layer4"]) as ctx:
+        logits2 = s(x)
+    assert all(torch.equal(a, b) for a, b in zip(first, ctx.get())) and torch.equal(logits, logits2)
+    assert first[1].grad_fn is not None     # attached to the graph, not detached
+    s(x)                                    # unarmed again: the features stay those of the armed pass
+    assert all(a is b for a, b in zip(first, cap.get()))
+    cap.close()
+    assert _hook_counts(s) == 0
 
 
 # ---------------------------------------------------------------------------
