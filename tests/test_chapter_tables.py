@@ -9,7 +9,6 @@ import math
 from types import SimpleNamespace
 
 import pandas as pd
-import pytest
 
 from reprolib import verdicts as V
 from reprolib.config import make_config, optimizer_steps
