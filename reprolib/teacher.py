@@ -190,7 +190,10 @@ def train_mini_teacher(tcfg: TeacherConfig = TeacherConfig(), *, progress: bool 
     torch_save(model.state_dict(), ckpt)
     write_json(manifest_path, manifest)   # last: its presence marks a complete cache
     manifest["cached"] = False
-    return model, manifest
+    # Hand back the teacher as a load from the cache would (default memory format):
+    # what is computed from it, the relevant subspaces first, must not depend on
+    # whether it was trained in this process or cached.
+    return model.to(memory_format=torch.contiguous_format), manifest
 
 
 @torch.no_grad()

@@ -186,3 +186,23 @@ def test_student_ks_are_the_student_layers_widths():
     wide = student_ks(cfg.replace(student="mini-student-wide"), world)
     assert len(narrow) == len(cfg.layer_pairs)
     assert wide == [2 * k for k in narrow]
+
+
+def test_a_freshly_trained_teacher_is_the_cached_one(tmp_path, monkeypatch):
+    """The teacher trained in this process is returned as a load from the cache gives
+    it: the same weights in the same memory format, so its outputs (and what is fitted
+    on them, the relevant subspaces) are bitwise the same whether it was cached or not.
+    (Both sides run on this machine's kernels: bitwise is the right test.)"""
+    from reprolib.teacher import TeacherConfig, train_mini_teacher
+
+    monkeypatch.setenv("REPROLIB_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    tcfg = TeacherConfig(train_subset=64, test_subset=64, batch_size=32)
+    fresh, first = train_mini_teacher(tcfg, progress=False)
+    cached, second = train_mini_teacher(tcfg, progress=False)
+    assert first["cached"] is False and second["cached"] is True
+    for (name, a), (_, b) in zip(fresh.state_dict().items(), cached.state_dict().items()):
+        assert torch.equal(a, b) and a.stride() == b.stride(), name
+    x = torch.randn(8, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), cached.eval()(x))
