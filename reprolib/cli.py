@@ -93,10 +93,10 @@ def cmd_teacher(args) -> int:
     from .teacher import recipe, teacher_report
 
     name = args.recipe
-    if name is None:   # the teacher of the chosen world variant (default: the book's main world)
+    if name is None:   # the teacher of the chosen preset and world variant (default: the book's main world)
         from .config import make_config
 
-        name = make_config("mini", "quick", args.variant).teacher_recipe
+        name = make_config("mini", args.preset, args.variant).teacher_recipe
     tcfg = recipe(name)
     if args.epochs is not None:
         tcfg = dataclasses.replace(tcfg, epochs=args.epochs)

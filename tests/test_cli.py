@@ -99,3 +99,16 @@ def test_data_check_finds_fashion_mnist(capsys):
     out = json.loads(capsys.readouterr().out)
     assert (out["train"], out["test"]) == (60000, 10000)
     assert Path(out["fashion_mnist"]).is_dir()
+
+
+@pytest.mark.parametrize("argv,recipe", [(["--preset", "smoke"], "smoke"), ([], "10-epoch"),
+                                         (["--variant", "one-epoch-teacher"], "1-epoch"),
+                                         (["--preset", "smoke", "--recipe", "1-epoch"], "1-epoch")])
+def test_teacher_command_trains_the_presets_recipe(argv, recipe, monkeypatch, capsys):
+    """`teacher --preset smoke` is the smoke preset's teacher (seconds), not the book's."""
+    from reprolib import teacher
+
+    asked = []
+    monkeypatch.setattr(teacher, "teacher_report", lambda tcfg, progress: asked.append(tcfg) or {"ok": True})
+    assert main(["teacher", "--world", "mini", *argv, "--quiet"]) == 0
+    assert asked == [teacher.recipe(recipe)]
