@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     from reprolib.rundirs import check_run, run_dir_for
     from reprolib.cohort import train_cohort
     from reprolib.config import METHODS, make_config, optimizer_steps, scale_schedule
+    from reprolib.devices import Execution
     from reprolib.errors import ReproError
     from reprolib.io import cache_dir, write_json, write_text
 
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
         jobs = [j for j in (todo(cfgs) for _s, _f, cfgs in cells) if j[0]]
         print(f"{len(jobs)} cohorts to train ({sum(len(c) for c, _ in jobs)} students), "
               f"{args.workers} at a time on {args.device}", file=sys.stderr, flush=True)
-        kwargs = dict(device=args.device, progress=False, threads=args.threads)
+        kwargs = dict(execution=Execution(device=args.device, threads=args.threads), progress=False)
         if args.workers > 1 and len(jobs) > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor

@@ -379,12 +379,13 @@ def main(argv=None) -> int:
         if loop == "cohort":
             try:
                 from reprolib.cohort import Cohort
+                from reprolib.devices import Execution
             except ImportError:
                 print("note: reprolib.cohort is not there; timing this script's own shared-teacher loop")
                 loop = "own"
         if loop == "cohort":
             del teacher
-            cohort = Cohort(cfgs[:args.students], dev, world=world, precision=precision)
+            cohort = Cohort(cfgs[:args.students], Execution(device=dev, precision=precision), world=world)
             failed = [m for m in cohort.members if m.error]
             if failed:
                 for m in failed:

@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     from reprolib import precondition as P
     from reprolib import verdicts
     from reprolib.config import MINI_VARIANTS, make_config
+    from reprolib.devices import Execution
     from reprolib.errors import ReproError
     from reprolib.executors import cpu_count
     from reprolib.io import cache_dir, read_json, write_json
@@ -108,8 +109,8 @@ def main(argv=None) -> int:
             metrics = []
             for grid in grids:
                 print(f"rung {v.rung} ({v.name}): {grid.name}", file=sys.stderr, flush=True)
-                run_sweep(grid, folder, workers=workers, threads=args.threads, device=args.device,
-                          progress=True)
+                run_sweep(grid, folder, execution=Execution(device=args.device, threads=args.threads),
+                          workers=workers, progress=True)
                 metrics.append([read_json(run_dir_for(folder, c) / "metrics.json") for c in expand_grid(grid)])
             signals = {}
             for rho in P.LADDER_RHOS:

@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     from reprolib.rundirs import run_dir_for
     from reprolib.cohort import train_cohort
     from reprolib.config import make_config, optimizer_steps, scale_schedule, steps_per_epoch
+    from reprolib.devices import Execution
     from reprolib.errors import ReproError
     from reprolib.io import cache_dir, write_json
 
@@ -74,8 +75,8 @@ def main(argv=None) -> int:
             reads finished runs back instead of training them again)."""
             print(f"{len(cfgs)} students for {optimizer_steps(cfgs[0])} steps (finished runs are reused)",
                   file=sys.stderr, flush=True)
-            return train_cohort(cfgs, [run_dir_for(out, c) for c in cfgs], progress=False,
-                                threads=args.threads)
+            return train_cohort(cfgs, [run_dir_for(out, c) for c in cfgs],
+                                execution=Execution(threads=args.threads), progress=False)
 
         start = time.time()
         rows = []

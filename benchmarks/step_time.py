@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 from reprolib.cohort import Cohort  # noqa: E402
 from reprolib.config import make_config  # noqa: E402
+from reprolib.devices import PRECISIONS, Execution  # noqa: E402
 from reprolib.methods import METHODS  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--lambda-layer", type=float, default=1.0)
     p.add_argument("--teacher-recipe", default=None,
                    help="mini teacher recipe (default: the preset's; 'smoke' trains in seconds)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     for m in METHODS:
         cfg = make_config("mini", args.preset, method=m, contamination_rate=args.rho, seed=1,
                           lambda_layer=0.0 if m == "kd" else args.lambda_layer, **extra)
-        cohorts[m] = Cohort([cfg], args.device, precision=args.precision)
+        cohorts[m] = Cohort([cfg], Execution(device=args.device, precision=args.precision))
     some = next(iter(cohorts.values()))
     batches = []
     for x, y, *_ in some._batches():

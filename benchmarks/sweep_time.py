@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:          # run from a source checkout
     sys.path.insert(0, str(ROOT))
 
-from reprolib.devices import resolve_device  # noqa: E402
+from reprolib.devices import Execution, resolve_device  # noqa: E402
 from reprolib.executors import cpu_count  # noqa: E402
 from reprolib.grids import expand_grid, group_cohorts, SWEEP_PRESETS  # noqa: E402
 from reprolib.sweep import run_sweep  # noqa: E402
@@ -69,7 +69,7 @@ def compare_cohort(args) -> int:
         cells = [c.replace(teacher_recipe=args.teacher_recipe) for c in cells]
     n = len(cells)
     # Warm the caches (data, teacher, relevant subspaces) and draw the batches once.
-    warm = Cohort(cells, args.device)
+    warm = Cohort(cells, Execution(device=args.device))
     batches = []
     while len(batches) < args.steps:
         for x, y, *_ in warm._batches():
@@ -84,7 +84,7 @@ def compare_cohort(args) -> int:
 
     def build(cfgs):
         t0 = clock()
-        cohort = Cohort(cfgs, args.device)
+        cohort = Cohort(cfgs, Execution(device=args.device))
         for m in cohort.members:
             m.student.train(), m.method.train()
         return cohort, clock() - t0
@@ -161,13 +161,13 @@ def compare_split(args) -> int:
     with tempfile.TemporaryDirectory(prefix="sweep-split-") as tmp:
         tmp = Path(tmp)
         # Warm the shared caches (data, teacher, subspaces) with one run first.
-        run_sweep(grid, tmp / "warmup", world=args.world, device=args.device, limit=1, progress=False,
-                  threads=args.threads or 1)
+        execution = Execution(device=args.device, threads=args.threads or 1)
+        run_sweep(grid, tmp / "warmup", execution=execution, world=args.world, limit=1, progress=False)
         walls, tables = {}, {}
         for name, split in (("whole", False), ("split", True)):
             t0 = time.perf_counter()
-            res = run_sweep(grid, tmp / name, world=args.world, workers=args.split_workers, device=args.device,
-                            threads=args.threads or 1, progress=False, split=split)
+            res = run_sweep(grid, tmp / name, execution=execution, world=args.world, workers=args.split_workers,
+                            progress=False, split=split)
             walls[name] = time.perf_counter() - t0
             report[f"tasks_{name}_run"] = res.attrs["sweep"]["tasks"]
             tables[name] = pd.read_csv(tmp / name / "results.csv").drop(columns=["seconds"])
@@ -233,15 +233,15 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         if not args.no_warmup:
             t0 = time.perf_counter()
-            run_sweep(args.preset, tmp / "warmup", world=args.world, device=device, limit=1,
-                      progress=False)
+            run_sweep(args.preset, tmp / "warmup", execution=Execution(device=device), world=args.world,
+                      limit=1, progress=False)
             report["warmup_s"] = round(time.perf_counter() - t0, 2)
         tables = {}
         for w in workers_list:
             out = tmp / f"workers-{w}"
             t0 = time.perf_counter()
-            res = run_sweep(args.preset, out, world=args.world, backend=args.backend, workers=w,
-                            device=device, threads=args.threads, limit=limit, progress=False)
+            res = run_sweep(args.preset, out, execution=Execution(device=device, threads=args.threads),
+                            world=args.world, backend=args.backend, workers=w, limit=limit, progress=False)
             wall = time.perf_counter() - t0
             tables[w] = pd.read_csv(out / "results.csv").drop(columns=["seconds"])
             report["settings"][str(w)] = {

@@ -13,7 +13,7 @@ import sys
 
 from .errors import ReproError
 from .io import check_output_dir, check_threads, print_json
-from .devices import DEVICE_HELP
+from .devices import DEVICE_HELP, Execution
 
 
 def _print_json(obj) -> None:
@@ -122,9 +122,10 @@ def cmd_train(args) -> int:
     from .cohort import train_run
 
     cfg = config_from_args(args, TRAIN_KEYS)
-    check_threads(args.threads, "--threads")
+    check_threads(args.threads, "--threads")   # the error names the option
+    execution = Execution(device=args.device, threads=args.threads)
     check_output_dir(args.out, "--out")        # before any work, not when saving
-    metrics = train_run(cfg, args.out, device=args.device, progress=not args.quiet, threads=args.threads)
+    metrics = train_run(cfg, args.out, execution=execution, progress=not args.quiet)
     shown = {k: v for k, v in metrics.items() if k not in ("curves", "config")}
     _print_json(shown)
     return 0

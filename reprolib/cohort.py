@@ -16,10 +16,11 @@ terms (in float64, so the per-epoch means equal the former host sums) and the
 first step at which each term was NaN/inf on the device; both are read once
 per epoch. A member whose loss became non-finite stops with a
 :class:`~reprolib.errors.ReproError` naming its method, λ, step and epoch; the
-others go on. Hooks are registered once per run. ``precision="bf16"`` runs
-teacher and students under bf16 autocast (off by default: fp32 gives the
-reference numbers); on CUDA AdamW is fused; ``compile=True`` wraps each student
-in :func:`torch.compile`.
+others go on. Hooks are registered once per run. How a cohort computes is one
+:class:`~reprolib.devices.Execution`: its device and threads;
+``precision="bf16"`` runs teacher and students under bf16 autocast (off by
+default: fp32 gives the reference numbers); on CUDA AdamW is fused;
+``compile=True`` wraps each student in :func:`torch.compile`.
 
 Each member writes its own run folder (``student.pt``, then ``metrics.json``
 last, atomically); :func:`train_cohort` skips members whose folder already
@@ -41,18 +42,17 @@ from . import CODE_VERSION
 from . import methods as methods_module
 from .config import RunConfig
 from .data import World
+from .devices import Execution, as_execution
 from .worlds import build_world
 from .errors import ReproError
 from .grids import COHORT_FIELDS, cohort_key
 from .hooks import FeatureCapture
-from .io import check_output_dir, check_threads, read_json
+from .io import check_output_dir, read_json
 from .models import EVAL_BATCH, build_student, predict_labels
 from .rundirs import check_run, write_run
 from .teacher import build_teacher
-from .train import (relevant_subspaces, resolve_device, seed_everything, split_accuracies,
-                    teacher_test_metrics)
+from .train import relevant_subspaces, seed_everything, split_accuracies, teacher_test_metrics
 
-PRECISIONS = ("fp32", "bf16")
 TEACHER_CHUNK = 256   # the precomputed (no augmentation) path
 
 
@@ -172,9 +172,9 @@ class Cohort:
     each member's mean loss terms (``None`` for a failed member).
     """
 
-    def __init__(self, cfgs: Sequence[RunConfig], device: str | torch.device = "cpu", *,
-                 progress: bool = False, world: World | None = None, precision: str = "fp32",
-                 compile: bool = False, out_dirs: Sequence[Path | None] | None = None):
+    def __init__(self, cfgs: Sequence[RunConfig], execution: Execution | None = None, *,
+                 progress: bool = False, world: World | None = None,
+                 out_dirs: Sequence[Path | None] | None = None):
         cfgs = list(cfgs)
         if not cfgs:
             raise ReproError("a cohort needs at least one config")
@@ -182,11 +182,9 @@ class Cohort:
         if len(keys) > 1:
             raise ReproError("the configs of a cohort must share " + ", ".join(COHORT_FIELDS)
                              + "; group them with reprolib.grids.group_cohorts")
-        if precision not in PRECISIONS:
-            raise ReproError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.cfgs = cfgs
-        self.precision, self.compile = precision, compile
-        self.dev = device if isinstance(device, torch.device) else resolve_device(device)
+        self.execution = execution = as_execution(execution)
+        self.dev = torch.device(execution.device)
         cfg0 = cfgs[0]
         # The shared part, in the order prepare() builds it for a separate run.
         seed_everything(cfg0.seed)
@@ -263,7 +261,7 @@ class Cohort:
         uses = m.method.uses_layers
         m.t_paths = t_paths if uses else []
         m.s_paths = s_paths if uses else []
-        if self.compile:
+        if self.execution.compile:
             # Hooks on submodules do not fire inside a compiled graph: compile an FX
             # feature extractor instead (the same modules and parameters, returning
             # the logits and the hooked layers' outputs).
@@ -287,7 +285,7 @@ class Cohort:
         return [m for m in self.members if m.error is None]
 
     def autocast(self):
-        return torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        return torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.execution.precision == "bf16")
 
     # -- the teacher ---------------------------------------------------------
     @torch.no_grad()
@@ -427,10 +425,12 @@ class Cohort:
 
 
 def train_cohort(cfgs: Sequence[RunConfig], out_dirs: Sequence[str | os.PathLike], *,
-                 device: str = "cpu", progress: bool = True, threads: int | None = None,
-                 world: World | None = None, precision: str = "fp32", compile: bool = False,
-                 resume: bool = True) -> list[dict]:
+                 execution: Execution | None = None, progress: bool = True,
+                 world: World | None = None, resume: bool = True) -> list[dict]:
     """Train the students of one cohort; each writes ``student.pt`` then ``metrics.json``.
+
+    ``execution`` (default: the CPU with torch's thread count, fp32, not compiled)
+    says how; its ``threads``, when given, are set with :func:`torch.set_num_threads`.
 
     Members whose folder already holds their finished run (``resume=True``)
     are not trained again; their metrics are read back. Returns one metrics
@@ -442,11 +442,11 @@ def train_cohort(cfgs: Sequence[RunConfig], out_dirs: Sequence[str | os.PathLike
     cfgs, out_dirs = list(cfgs), [Path(d) for d in out_dirs]
     if len(cfgs) != len(out_dirs):
         raise ReproError(f"{len(cfgs)} configs but {len(out_dirs)} output folders; give one each")
-    check_threads(threads)
+    execution = as_execution(execution)
     for d in out_dirs:
         check_output_dir(d)   # before any work, not when saving (harden)
-    if threads:
-        torch.set_num_threads(threads)
+    if execution.threads:
+        torch.set_num_threads(execution.threads)
     results: list[dict | None] = [None] * len(cfgs)
     todo = []
     for i, (cfg, d) in enumerate(zip(cfgs, out_dirs)):
@@ -456,8 +456,8 @@ def train_cohort(cfgs: Sequence[RunConfig], out_dirs: Sequence[str | os.PathLike
             todo.append(i)
     if not todo:
         return results
-    cohort = Cohort([cfgs[i] for i in todo], device, progress=progress, world=world,
-                    precision=precision, compile=compile, out_dirs=[out_dirs[i] for i in todo])
+    cohort = Cohort([cfgs[i] for i in todo], execution, progress=progress, world=world,
+                    out_dirs=[out_dirs[i] for i in todo])
     try:
         metrics = _train(cohort, start, progress)
     finally:
@@ -563,8 +563,8 @@ def _write_member(cohort: Cohort, m: _Member, results: dict, teacher_metrics: di
         "subspace_cache": str(m.subspace_path) if m.subspace_path else None,
         "steps_per_epoch": cohort.steps_per_epoch,
         "optimizer_steps": m.steps,
-        "precision": cohort.precision,
-        "compile": cohort.compile,
+        "precision": cohort.execution.precision,
+        "compile": cohort.execution.compile,
         # Wall time since the cohort started; with several students it is shared.
         "seconds": time.time() - start,
         "cohort_size": len(cohort.members),
@@ -582,13 +582,12 @@ def _write_member(cohort: Cohort, m: _Member, results: dict, teacher_metrics: di
     return metrics
 
 
-def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, device: str = "cpu",
-              progress: bool = True, threads: int | None = None, world: World | None = None,
-              precision: str = "fp32", compile: bool = False) -> dict[str, Any]:
+def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, execution: Execution | None = None,
+              progress: bool = True, world: World | None = None) -> dict[str, Any]:
     """Train one student; write ``student.pt`` then ``metrics.json`` into ``out_dir``.
 
     A cohort of one (:func:`train_cohort`); always trains, even when ``out_dir``
     already holds a finished run.
     """
-    return train_cohort([cfg], [out_dir], device=device, progress=progress, threads=threads,
-                        world=world, precision=precision, compile=compile, resume=False)[0]
+    return train_cohort([cfg], [out_dir], execution=execution, progress=progress, world=world,
+                        resume=False)[0]

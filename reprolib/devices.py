@@ -1,17 +1,31 @@
-"""Device names: one parser for the trainer, the sweep and the CLI.
+"""Where and how a run computes: device names and the one execution object.
 
-``auto`` (CUDA when torch sees one, else the CPU), ``cpu``, ``cuda`` (the
-current CUDA device) or ``cuda:N``. torch is imported only when a CUDA device
-has to be checked, so the sweep can validate ``--device cpu`` before importing it.
+:class:`Execution` holds what changes a run's numbers (or its speed) besides its
+config: the device, the torch thread count, the precision and whether the
+students are compiled. The command line, :func:`reprolib.sweep.run_sweep`, the
+executors, :func:`reprolib.cohort.train_cohort` and :class:`reprolib.cohort.Cohort`
+take one such object; :meth:`Execution.numerics` is the record ``sweep.json``
+stores and :func:`reprolib.rundirs.check_numerics` compares.
+
+Device names: ``auto`` (CUDA when torch sees one, else the CPU), ``cpu``,
+``cuda`` (the current CUDA device) or ``cuda:N``. torch is imported only when a
+CUDA device has to be checked, so ``Execution(device="cpu")`` is made before
+importing it.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any
 
 from .errors import ReproError
+from .io import check_threads
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+
+# The precisions a trainer runs in: fp32 (the reference numbers) or bf16 autocast.
+PRECISIONS = ("fp32", "bf16")
 
 
 def resolve_device(device: str) -> str:
@@ -41,6 +55,55 @@ def resolve_device(device: str) -> str:
         return f"cuda:{index}"
     return "cuda"
 
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a run computes (not part of its config; fp32 on the CPU is the reference).
+
+    ``device``: a device name (:data:`DEVICE_HELP`, or a :class:`torch.device`),
+    resolved when the object is made (``auto`` becomes ``cuda`` or ``cpu``).
+    ``threads``: torch threads per run; ``None`` leaves torch's default (a sweep
+    replaces it by ``cpu_count // workers``). ``precision``: one of
+    :data:`PRECISIONS` (``bf16``: autocast). ``compile``: wrap each student in
+    :func:`torch.compile`. A bad value is a :class:`ReproError` naming it and the
+    choices.
+    """
+
+    device: str = "cpu"
+    threads: int | None = None
+    precision: str = "fp32"
+    compile: bool = False
+
+    def __post_init__(self):
+        check_threads(self.threads)   # None or a positive integer (not a bool)
+        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
+            raise ReproError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if not isinstance(self.compile, bool):
+            raise ReproError(f"compile={self.compile!r} must be true or false")
+        object.__setattr__(self, "device", resolve_device(self.device))
+
+    def numerics(self) -> dict[str, Any]:
+        """What changes a run's numbers besides its config, as ``sweep.json`` records
+        it (its ``"numerics"``): ``{"threads", "device", "precision"}``."""
+        return numerics_record(self.threads, self.device, self.precision)
+
+
+def numerics_record(threads: int | None, device: str, precision: str) -> dict[str, Any]:
+    """The numerics record of :meth:`Execution.numerics`, from its three values
+    (also as read back from a finished run's ``metrics.json``)."""
+    return {"threads": threads, "device": str(device), "precision": precision}
+
+
+def as_execution(execution: Execution | None) -> Execution:
+    """``execution``, or the default (CPU, torch's threads, fp32, not compiled) for
+    ``None``; anything else is a :class:`ReproError`."""
+    if execution is None:
+        return Execution()
+    if not isinstance(execution, Execution):
+        raise ReproError(f"execution={execution!r} must be a reprolib.devices.Execution(device, threads, "
+                         "precision, compile)")
+    return execution
 
 # CPU feature flags (Linux /proc/cpuinfo) under which bf16 arithmetic runs in
 # hardware: AVX512-BF16 (Zen 4, Cooper Lake and later Xeons) or AMX-BF16

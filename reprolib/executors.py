@@ -15,6 +15,9 @@ as one unit and gets back one status per run:
     One Ray core task per task (``num_cpus=1``; a fractional ``num_gpus`` when
     the device is CUDA, so that several cohorts share a GPU).
 
+Each takes one :class:`~reprolib.devices.Execution` (device, threads per task,
+precision, compile) for every task.
+
 Every function that crosses a process boundary is top level (picklable).
 """
 
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import RunConfig
+from .devices import Execution
 from .errors import ReproError
 from . import procs
 from .io import write_json
@@ -46,14 +50,15 @@ def _status(key: str, ok: bool, wall: float, error: str | None = None) -> dict:
     return {"key": key, "ok": ok, "error": error, "wall": wall}
 
 
-def execute_task(task: Task, device: str, threads: int, run_fn: RunFn | None,
-                 cohort: bool = True, precision: str = "fp32", compile: bool = False) -> list[dict]:
+def execute_task(task: Task, execution: Execution, run_fn: RunFn | None,
+                 cohort: bool = True) -> list[dict]:
     """Train every run of ``task`` into its (already empty) folder; one status per run.
 
     ``run_fn=None`` and ``cohort=True``: one :func:`~reprolib.cohort.train_cohort`
     call for the whole task. ``run_fn=None`` and ``cohort=False``:
     :func:`~reprolib.cohort.train_run` per run. A custom ``run_fn`` (tests,
-    stand-ins) is called per run, in order, inside the same task.
+    stand-ins) is called per run, in order, inside the same task, as
+    ``run_fn(cfg, run_dir, execution=execution, progress=False)``.
     """
     start = time.perf_counter()
     statuses: dict[str, dict] = {}
@@ -71,8 +76,8 @@ def execute_task(task: Task, device: str, threads: int, run_fn: RunFn | None,
         from .cohort import CohortError, train_cohort   # lazy: torch is imported only here
 
         try:
-            train_cohort([c for c, _ in members], [d for _, d in members], device=device,
-                         progress=False, threads=threads, precision=precision, compile=compile)
+            train_cohort([c for c, _ in members], [d for _, d in members], execution=execution,
+                         progress=False)
             errors = {}
         except CohortError as exc:
             errors = exc.errors
@@ -83,14 +88,11 @@ def execute_task(task: Task, device: str, threads: int, run_fn: RunFn | None,
             statuses[cfg.key()] = _status(cfg.key(), i not in errors, wall, errors.get(i))
     else:
         if run_fn is None:
-            from .cohort import train_run
-
-            def run_fn(cfg, run_dir, **kw):
-                return train_run(cfg, run_dir, precision=precision, compile=compile, **kw)
+            from .cohort import train_run as run_fn
         for cfg, run_dir in members:
             t0 = time.perf_counter()
             try:
-                run_fn(cfg, run_dir, device=device, progress=False, threads=threads)
+                run_fn(cfg, run_dir, execution=execution, progress=False)
             except Exception as exc:  # reported by the driver; the folder stays unfinished
                 statuses[cfg.key()] = _status(cfg.key(), False, time.perf_counter() - t0,
                                               f"{type(exc).__name__}: {exc}")
@@ -111,11 +113,11 @@ def progress_bar(total: int, enabled: bool):
     return tqdm(total=total, desc="runs", unit="run", disable=not enabled or total == 0)
 
 
-def run_serial(tasks: list[Task], device, threads, run_fn, workers, bar, **opts) -> list[dict]:
+def run_serial(tasks: list[Task], execution: Execution, run_fn, workers, bar, **opts) -> list[dict]:
     statuses: list[dict] = []
     if workers == 1:
         for task in tasks:
-            statuses.extend(execute_task(task, device, threads, run_fn, **opts))
+            statuses.extend(execute_task(task, execution, run_fn, **opts))
             bar.update(len(task))
         return statuses
     import multiprocessing
@@ -125,7 +127,7 @@ def run_serial(tasks: list[Task], device, threads, run_fn, workers, bar, **opts)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=procs.worker_init,
                                initargs=(os.getpid(), str(Path(tasks[0][0][1]).parent.parent) if tasks else None))
     try:
-        futures = {pool.submit(execute_task, task, device, threads, run_fn, **opts): i
+        futures = {pool.submit(execute_task, task, execution, run_fn, **opts): i
                    for i, task in enumerate(tasks)}
         for fut in as_completed(futures):
             task = tasks[futures[fut]]
@@ -217,10 +219,10 @@ def _driver_import_path():
 
 
 
-def run_ray(tasks: list[Task], device, threads, run_fn, workers, bar, address, **opts) -> list[dict]:
-    with _ray_session(workers, address, device) as ray:
+def run_ray(tasks: list[Task], execution: Execution, run_fn, workers, bar, address, **opts) -> list[dict]:
+    with _ray_session(workers, address, execution.device) as ray:
         options: dict[str, Any] = {}
-        if device.startswith("cuda"):
+        if execution.device.startswith("cuda"):
             gpus = ray.cluster_resources().get("GPU", 0.0)
             if gpus <= 0:
                 raise ReproError("device cuda was asked for, but the Ray cluster has no GPU; "
@@ -231,14 +233,14 @@ def run_ray(tasks: list[Task], device, threads, run_fn, workers, bar, address, *
         driver = os.getpid()
 
         @ray.remote(num_cpus=1)
-        def ray_task(task, device, threads, run_fn, opts):
+        def ray_task(task, execution, run_fn, opts):
             procs.die_with_parent(driver)   # a killed driver ends its tasks
             with procs.holding_folder(Path(task[0][1]).parent.parent):
-                return execute_task(task, device, threads, run_fn, **opts)
+                return execute_task(task, execution, run_fn, **opts)
 
         remote = ray_task.options(**options) if options else ray_task
         fn_ref = ray.put(run_fn)
-        refs = {remote.remote(task, device, threads, fn_ref, opts): i for i, task in enumerate(tasks)}
+        refs = {remote.remote(task, execution, fn_ref, opts): i for i, task in enumerate(tasks)}
         pending = list(refs)
         statuses: list[dict] = []
         while pending:

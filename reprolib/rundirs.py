@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import io
+from .devices import Execution, numerics_record
 from .errors import ReproError
 from .io import read_json
 
@@ -116,23 +117,13 @@ def check_run_files(run_dir: str | os.PathLike, metrics: Any, required: tuple[st
     return io.verify_checkpoint(Path(run_dir) / checkpoint, metrics.get("student_sha256"))
 
 
-def numerics(threads: int | None, device: str, precision: str | None = None) -> dict[str, Any]:
-    """What changes a run's numbers besides its config: the torch thread count,
-    the device and the precision (given, e.g. a trainer's ``precision`` option;
-    else the teacher's: bfloat16 on CUDA)."""
-    device = str(device)
-    if precision is None:
-        precision = "bf16-teacher" if device.startswith("cuda") else "float32"
-    return {"threads": threads, "device": device, "precision": precision}
-
-
-def check_numerics(run_dirs, threads: int | None, device: str, allow_mixed: bool = False,
-                   precision: str | None = None) -> None:
+def check_numerics(run_dirs, execution: Execution, allow_mixed: bool = False) -> None:
     """Refuse to reuse finished runs whose numbers came from another thread count,
-    device or precision than the runs about to be computed (their metrics.json
-    records ``threads``, ``device`` and, where the trainer has the option,
-    ``precision``), unless ``allow_mixed``."""
-    want = numerics(threads, device, precision)
+    device or precision than the runs about to be computed with ``execution``
+    (:meth:`reprolib.devices.Execution.numerics`; a run's metrics.json records
+    ``threads``, ``device`` and ``precision``, fp32 where it predates that key),
+    unless ``allow_mixed``."""
+    want = execution.numerics()
     seen: dict[tuple, int] = {}
     for run_dir in run_dirs:
         try:
@@ -141,8 +132,7 @@ def check_numerics(run_dirs, threads: int | None, device: str, allow_mixed: bool
             continue
         if not isinstance(m, dict) or "threads" not in m or "device" not in m:
             continue
-        got = numerics(m.get("threads"), m.get("device"),
-                       m.get("precision", "fp32") if precision is not None else None)
+        got = numerics_record(m.get("threads"), m.get("device"), m.get("precision", "fp32"))
         if got != want:
             k = (got["threads"], got["device"], got["precision"])
             seen[k] = seen.get(k, 0) + 1

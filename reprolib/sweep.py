@@ -21,9 +21,10 @@ where that shortens the sweep (:mod:`reprolib.schedule`; each part repeats the
 teacher's forward, the numbers stay the same). ``cohort=False``
 (``--no-cohort``) trains one run per task. The backends
 (:mod:`reprolib.executors`: serial, process pool, Ray) give the same files,
-because every run is a pure function of its config and its thread count.
+because every run is a pure function of its config and its
+:class:`~reprolib.devices.Execution` (device, threads, precision, compile).
 Each task gets ``threads = max(1, cpu_count // workers)`` torch threads unless
-told otherwise; keep that number equal when comparing backends.
+the execution names a number; keep that number equal when comparing backends.
 
 After the runs, ``DIR/results-<grid>.csv`` (one row per run) and
 ``DIR/summary-<grid>.csv`` (λ chosen per method and ρ by :func:`select_lambda`, under
@@ -49,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from .config import WORLDS, RunConfig
-from .devices import DEVICE_HELP, resolve_device
+from .devices import DEVICE_HELP, PRECISIONS, Execution, as_execution
 from .errors import ReproError
 from .executors import RunFn, cpu_count, progress_bar, run_ray, run_serial
 from .grids import SWEEP_PRESETS, SweepGrid, expand_grid, get_grid, group_cohorts
@@ -65,10 +66,8 @@ if TYPE_CHECKING:  # pandas is imported lazily: `reprolib --help` stays fast
 # Only what this module defines: the grids, tables, run folders and executors it
 # uses are imported from the modules that own them (reprolib.grids, .results,
 # .rundirs, .executors).
-__all__ = ["PRECISIONS", "SweepPlan", "main", "plan_summary", "plan_sweep", "register_cli", "run_sweep",
+__all__ = ["SweepPlan", "main", "plan_summary", "plan_sweep", "register_cli", "run_sweep",
            "variant_name", "with_variant"]
-
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -160,26 +159,27 @@ _sweep_lock = procs.sweep_lock
 
 # ---------------------------------------------------------------------------
 def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
-              world: str = "mini", backend: str = "serial", workers: int = 1,
-              device: str = "cpu", run_fn: RunFn | None = None, progress: bool = True,
-              threads: int | None = None, ray_address: str | None = None,
-              limit: int | None = None, cohort: bool = True, precision: str = "fp32",
-              compile: bool = False, allow_mixed: bool = False, split: bool = True,
+              execution: Execution | None = None, world: str = "mini", backend: str = "serial",
+              workers: int = 1, run_fn: RunFn | None = None, progress: bool = True,
+              ray_address: str | None = None, limit: int | None = None, cohort: bool = True,
+              allow_mixed: bool = False, split: bool = True,
               variant: str | None = None) -> "pd.DataFrame":
-    """Run every unfinished cell of a grid into ``out_dir``; return results.csv's table.
+    """Run every unfinished cell of a grid into ``out_dir``; return the grid's results table.
 
     ``cohort=True`` (default) trains the unfinished cells of each (data config,
     seed) cell as one task with :func:`reprolib.cohort.train_cohort`;
     ``cohort=False`` one run per task. ``split=True`` (default) lets
     :func:`reprolib.schedule.plan_tasks` split cohorts into parts where workers
-    would otherwise wait; ``split=False`` keeps every cohort whole. ``run_fn`` (default: the trainer) is
-    called per run as ``run_fn(cfg, run_dir, device=..., progress=False,
-    threads=...)`` and must write ``student.pt`` and then, last,
+    would otherwise wait; ``split=False`` keeps every cohort whole. ``execution``
+    (:class:`reprolib.devices.Execution`; default: the CPU, fp32, not compiled) is
+    how every run computes, not part of the config (fp32 is the reference); its
+    ``threads=None`` becomes ``max(1, cpu_count // workers)``. ``run_fn`` (default:
+    :func:`reprolib.cohort.train_run`) is called per run as ``run_fn(cfg, run_dir,
+    execution=..., progress=False)`` and must write ``student.pt`` and then, last,
     ``metrics.json``; with ``cohort=True`` the runs of a cohort are called in
     order inside one task. It must be picklable (a module-level function) for
     ``workers > 1`` or the Ray backend. ``limit`` keeps only the first N cells
-    (benchmarks, trials). ``precision`` ("fp32" or "bf16") and ``compile``
-    are passed to the trainer (not part of the config: fp32 is the reference).
+    (benchmarks, trials).
     Failed runs are reported after the others finish, with a :class:`ReproError`;
     rerunning the same command retries only them. Finished runs computed with
     another thread count, device or precision are not mixed with new ones unless
@@ -194,13 +194,11 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
         raise ReproError(f"unknown backend {backend!r}; choose serial or ray")
     if not isinstance(workers, int) or workers < 1:
         raise ReproError(f"workers={workers!r} must be a positive integer")
-    io.check_threads(threads)   # None or a positive integer (not a bool)
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ReproError(f"limit={limit!r} must be a positive integer")
-    if precision not in PRECISIONS:
-        raise ReproError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    device = resolve_device(device)
-    threads = threads or max(1, cpu_count() // workers)
+    execution = as_execution(execution)
+    if execution.threads is None:
+        execution = dataclasses.replace(execution, threads=max(1, cpu_count() // workers))
     out_dir = Path(out_dir)
 
     cells = expand_grid(grid, world)
@@ -212,8 +210,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
         plan = plan_sweep(cells, out_dir)
         _log(plan.describe(out_dir, grid, world, grid_cells))
         if plan.todo:
-            rundirs.check_numerics([run_dir_for(out_dir, c) for c in plan.reused], threads, device,
-                              allow_mixed, precision)
+            rundirs.check_numerics([run_dir_for(out_dir, c) for c in plan.reused], execution, allow_mixed)
         # The folder's main grid (results.csv, summary.csv) is the first one run into it;
         # every grid also writes results-<grid>.csv and summary-<grid>.csv.
         try:
@@ -225,9 +222,9 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
             "grid": dataclasses.asdict(grid), "main_grid": main_grid, "world": world, "limit": limit,
             "world_variant": variant_name(grid, world),
             "keys": [c.key() for c in cells], "backend": backend, "workers": workers,
-            "threads_per_run": threads, "device": device, "cohort": cohort,
-            "precision": precision, "compile": compile,
-            "numerics": rundirs.numerics(threads, device, precision),
+            "threads_per_run": execution.threads, "device": execution.device, "cohort": cohort,
+            "precision": execution.precision, "compile": execution.compile,
+            "numerics": execution.numerics(),
         })
         for cfg in plan.todo:
             key = cfg.key()
@@ -242,14 +239,11 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
             groups = plan_tasks(group_cohorts(plan.todo), workers if split else 1)
         tasks = [[(cfg.to_dict(), str(run_dir_for(out_dir, cfg))) for cfg in group]
                  for group in groups]
-        opts = dict(cohort=cohort, precision=precision, compile=compile)
-
         with progress_bar(len(plan.todo), progress) as bar:
             if backend == "serial":
-                statuses = run_serial(tasks, device, threads, run_fn, workers, bar, **opts)
+                statuses = run_serial(tasks, execution, run_fn, workers, bar, cohort=cohort)
             else:
-                statuses = run_ray(tasks, device, threads, run_fn, workers, bar, ray_address,
-                                   **opts)
+                statuses = run_ray(tasks, execution, run_fn, workers, bar, ray_address, cohort=cohort)
 
         failures = {s["key"]: s["error"] for s in statuses if not s["ok"]}
         for cfg in plan.todo:   # a run_fn that returned without finishing is a failure too
@@ -432,13 +426,13 @@ def _cli_sweep(args: argparse.Namespace) -> int:
         io.print_json(plan_summary(args.preset, args.world, args.limit, args.variant))
         return 0
     out = args.out or cache_dir("sweeps", f"{args.world}-{args.preset}")
-    results = run_sweep(args.preset, out, world=args.world, backend=args.backend,
-                        workers=cpu_count() if args.workers is None else args.workers, device=args.device,
+    execution = Execution(device=args.device, threads=args.threads, precision=args.precision,
+                          compile=args.compile)
+    results = run_sweep(args.preset, out, execution=execution, world=args.world, backend=args.backend,
+                        workers=cpu_count() if args.workers is None else args.workers,
                         run_fn=getattr(args, "run_fn", None), progress=not args.no_progress,
-                        threads=args.threads, ray_address=args.ray_address, limit=args.limit,
-                        cohort=not args.no_cohort, precision=args.precision, compile=args.compile,
-                        allow_mixed=args.allow_mixed, split=not args.no_split,
-                        variant=args.variant)
+                        ray_address=args.ray_address, limit=args.limit, cohort=not args.no_cohort,
+                        allow_mixed=args.allow_mixed, split=not args.no_split, variant=args.variant)
     report = dict(results.attrs.get("sweep", {}))
     report.update(results=str(Path(out) / "results.csv"), summary=str(Path(out) / "summary.csv"))
     io.print_json(report)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from .config import RunConfig
 from .data import normalize, pad_to, random_resized_crop
 from .sources import MINI_MEAN, MINI_STD, load_fashion_mnist
+from .devices import PRECISIONS, check_cpu_bf16
 from .errors import ReproError
 from .io import cache_dir, digest, read_json, torch_save, write_json
 from .models import EVAL_BATCH, FrozenTeacher, load_paper_teacher, mini_teacher, predict_labels
@@ -75,7 +76,7 @@ class TeacherConfig:
     image_size: int = 32
     train_subset: int | None = None   # the first N training images; None = all 60,000
     test_subset: int | None = None    # score on the first N test images; None = all 10,000
-    precision: str = "fp32"           # "fp32" or "bf16" (autocast forward; native-bf16 CPUs, GPUs)
+    precision: str = "fp32"           # one of devices.PRECISIONS: "fp32" or "bf16" (autocast forward)
 
     def key(self) -> str:
         return digest({"cfg": dataclasses.asdict(self), "code": TEACHER_CODE_VERSION})
@@ -125,11 +126,9 @@ def train_mini_teacher(tcfg: TeacherConfig = TeacherConfig(), *, progress: bool 
             print(f"teacher cache {folder} is unreadable ({e}); retraining", file=sys.stderr)
     from tqdm import tqdm
 
-    if tcfg.precision not in ("bf16", "fp32"):
-        raise ReproError(f"teacher precision {tcfg.precision!r}; choose 'bf16' or 'fp32'")
+    if tcfg.precision not in PRECISIONS:
+        raise ReproError(f"unknown teacher precision {tcfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if tcfg.precision == "bf16":
-        from .devices import check_cpu_bf16
-
         check_cpu_bf16("the mini teacher's bf16 recipe")
     start = time.time()
     torch.manual_seed(tcfg.seed)

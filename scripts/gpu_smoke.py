@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     import torch
 
     from reprolib.config import make_config
+    from reprolib.devices import Execution
     from reprolib.worlds import build_world
     from reprolib.cohort import train_run
 
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
         out = Path(args.out) / method
         t0 = time.perf_counter()
         try:
-            metrics = train_run(cfg, out, device=args.device, progress=False)
+            metrics = train_run(cfg, out, execution=Execution(device=args.device), progress=False)
             numbers = [metrics[k] for k in ("test_accuracy", "val_accuracy", "teacher_test_accuracy")]
             if not all(isinstance(v, float) and math.isfinite(v) for v in numbers):
                 raise RuntimeError(f"non-finite accuracies {numbers}")

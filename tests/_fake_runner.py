@@ -43,7 +43,7 @@ def fake_metrics(cfg) -> dict:
     }
 
 
-def fake_train_run(cfg, out_dir, *, device="cpu", progress=True, threads=None) -> dict:
+def fake_train_run(cfg, out_dir, *, execution=None, progress=True) -> dict:
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +64,7 @@ def fake_train_run(cfg, out_dir, *, device="cpu", progress=True, threads=None) -
     time.sleep(pause / 2)
     metrics = fake_metrics(cfg)
     # Not a torch file: the sweep accepts it because its sha256 is recorded.
+    threads, device = (None, "cpu") if execution is None else (execution.threads, execution.device)
     metrics.update(threads=threads, device=device, seconds=time.perf_counter() - start,
                    student_sha256=digest(student, length=None))
     write_json(out_dir / "metrics.json", metrics)

@@ -35,6 +35,7 @@ from _fake_runner import fake_train_run  # noqa: E402
 from reprolib.standins import write_idx  # noqa: E402
 
 from reprolib import cli, io  # noqa: E402
+from reprolib.devices import Execution  # noqa: E402
 from reprolib.errors import ReproError  # noqa: E402
 
 FASHION = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -72,7 +73,8 @@ def fake_sweep(tmp_path_factory) -> Path:
     from reprolib.sweep import run_sweep
 
     out = tmp_path_factory.mktemp("fake") / "sweep"
-    run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=1, device="cpu")
+    run_sweep("smoke", out, execution=Execution(device="cpu", threads=1), run_fn=fake_train_run,
+              progress=False)
     return out
 
 
@@ -371,16 +373,22 @@ def _train(out_rel="run", threads=None, **kw):
         from reprolib.cohort import train_run
 
         cfg = make_config("mini", "smoke", **kw)
-        return train_run(cfg, tmp / out_rel, device="cpu", progress=False, threads=threads)
+        return train_run(cfg, tmp / out_rel, execution=Execution(device="cpu", threads=threads), progress=False)
     return call
 
 
-def _sweep_api(out_rel, **kw):
+def _sweep_api(out_rel, execution=None, **kw):
+    """``execution``: a dict is the keywords of an Execution, made when the row runs."""
     def call(tmp):
         from reprolib.sweep import run_sweep
 
-        return run_sweep("smoke", tmp / out_rel, run_fn=fake_train_run, progress=False, **kw)
+        ex = Execution(**execution) if isinstance(execution, dict) else execution
+        return run_sweep("smoke", tmp / out_rel, execution=ex, run_fn=fake_train_run, progress=False, **kw)
     return call
+
+
+def _execution(**kw):
+    return lambda tmp: Execution(**kw)
 
 
 def _crafted_run(tmp):
@@ -458,7 +466,10 @@ API_ROWS = [
     ("train-out-under-file", _file, _train("afile/run"), "is a file, not a folder"),
     ("train-threads-zero", None, _train(threads=0), "threads=0 must be a positive integer"),
     ("sweep-out-file", _file, _sweep_api("afile"), "exists and is not a folder"),
-    ("sweep-threads-bool", None, _sweep_api("sw", threads=True), "threads=True"),
+    ("sweep-threads-bool", None, _sweep_api("sw", execution=dict(threads=True)), "threads=True"),
+    ("sweep-execution-string", None, _sweep_api("sw", execution="cpu"), "must be a reprolib.devices.Execution"),
+    ("execution-precision", None, _execution(precision="fp16"), "unknown precision 'fp16'; choose one of fp32, bf16"),
+    ("execution-compile-string", None, _execution(compile="no"), "compile='no' must be true or false"),
     ("explain-out-file", _file, _explain_api_out_file, "exists and is not a folder"),
     ("load-student-crafted", _crafted_run, _load_student, "pickled Python objects"),
     ("teacher-file-crafted", _crafted_pt, _teacher_file, "pickled Python objects"),

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import json
 import math
+import re
 import sys
 
 import pytest
@@ -15,7 +16,7 @@ import reprolib.methods as methods_module
 from reprolib import config as config_module
 from reprolib.cohort import Cohort, CohortError, train_cohort, train_run
 from reprolib.config import make_config
-from reprolib.devices import resolve_device
+from reprolib.devices import Execution, resolve_device
 from reprolib.errors import ReproError
 from reprolib.grids import group_cohorts
 from reprolib.methods import METHODS
@@ -177,12 +178,40 @@ def test_resolve_device():
             resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 
+def test_execution_is_one_checked_frozen_object():
+    """Device, threads, precision and compile travel as one Execution: checked once, with
+    the bad value and the choices in one line; the numerics record sweep.json stores."""
+    import dataclasses
+    import pickle
+
+    from reprolib import devices
+
+    e = Execution(device="CPU", threads=2)
+    assert (e.device, e.threads, e.precision, e.compile) == ("cpu", 2, "fp32", False)
+    assert e.numerics() == {"threads": 2, "device": "cpu", "precision": "fp32"}
+    assert pickle.loads(pickle.dumps(e)) == e          # crosses process boundaries
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.threads = 3
+    assert devices.PRECISIONS == ("fp32", "bf16")
+    for kw, words in ((dict(precision="fp8"), "unknown precision 'fp8'; choose one of fp32, bf16"),
+                      (dict(threads=0), "threads=0 must be a positive integer"),
+                      (dict(threads=True), "threads=True must be a positive integer"),
+                      (dict(compile="yes"), "compile='yes' must be true or false"),
+                      (dict(device="tpu"), "unknown device 'tpu'; choose auto, cpu, cuda or cuda:N")):
+        with pytest.raises(ReproError, match=re.escape(words)) as info:
+            Execution(**kw)
+        assert "\n" not in str(info.value)
+    cfg = make_config("mini", "smoke", method="kd", contamination_rate=0.0)
+    with pytest.raises(ReproError, match="execution='cpu' must be a reprolib.devices.Execution"):
+        Cohort([cfg], "cpu")       # the old positional device
+
+
 def test_bf16_autocast_runs_on_the_cpu_and_is_recorded(tmp_path):
     cfg = make_config("mini", "smoke", method="subdistill", contamination_rate=1.0, lambda_layer=1.0)
-    metrics = train_run(cfg, tmp_path, progress=False, precision="bf16")
+    metrics = train_run(cfg, tmp_path, execution=Execution(precision="bf16"), progress=False)
     assert metrics["precision"] == "bf16" and 0 <= metrics["test_accuracy"] <= 1
-    with pytest.raises(ReproError, match="unknown precision 'fp8'"):
-        train_run(cfg, tmp_path / "x", progress=False, precision="fp8")
+    with pytest.raises(ReproError, match="unknown precision 'fp8'; choose one of fp32, bf16"):
+        train_run(cfg, tmp_path / "x", execution=Execution(precision="fp8"), progress=False)
 
 
 def _grads(model) -> torch.Tensor:
@@ -197,7 +226,7 @@ def _first_step(cfgs, compile, reference=False):
     before the float32 step."""
     from reprolib.cohort import _LOGITS, _extractor
 
-    cohort = Cohort(cfgs, compile=compile)
+    cohort = Cohort(cfgs, Execution(compile=compile))
     x, y, t_logits, targets = next(cohort._batches())
     ref = []
     for m in (cohort.members if reference else []):
@@ -260,10 +289,10 @@ def test_compiled_students_take_the_eager_first_step():
 
 
 def test_compiled_cohorts_train_and_say_so(tmp_path):
-    """train_cohort(compile=True) runs to the end and records it; its numbers are the
+    """train_cohort with Execution(compile=True) runs to the end and records it; its numbers are the
     eager step's up to rounding (above), so no trajectory is compared here."""
     cfgs = [make_config("mini", "smoke", method="subdistill", contamination_rate=1.0, lambda_layer=1.0, lr=1e-3)]
-    (c,) = train_cohort(cfgs, [tmp_path / "c0"], progress=False, compile=True)
+    (c,) = train_cohort(cfgs, [tmp_path / "c0"], execution=Execution(compile=True), progress=False)
     assert c["compile"] is True
     assert len(c["curves"]["loss"]) == cfgs[0].epochs
     assert all(math.isfinite(v) for v in c["curves"]["loss"])

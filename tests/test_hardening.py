@@ -31,6 +31,7 @@ from _fake_runner import fake_train_run  # noqa: E402
 from test_bad_inputs import crafted_file  # noqa: E402
 
 from reprolib import io, procs  # noqa: E402
+from reprolib.devices import Execution  # noqa: E402
 from reprolib.errors import ReproError  # noqa: E402
 from reprolib.grids import expand_grid  # noqa: E402
 from reprolib.results import write_results  # noqa: E402
@@ -143,19 +144,19 @@ def test_truncated_checkpoint_is_not_finished(tmp_path, capsys):
     # In a sweep: the truncated run is redone, and the sweep says why.
     grid = "smoke"
     out = tmp_path / "sw"
-    run_sweep(grid, out, run_fn=fake_train_run, progress=False, threads=1)
+    run_sweep(grid, out, execution=Execution(threads=1), run_fn=fake_train_run, progress=False)
     victim = out / "runs" / expand_grid(grid)[0].key()
     (victim / "student.pt").write_bytes((victim / "student.pt").read_bytes()[:5])
     assert "sha256" in check_run(victim)
     capsys.readouterr()
-    res = run_sweep(grid, out, run_fn=fake_train_run, progress=False, threads=1)
+    res = run_sweep(grid, out, execution=Execution(threads=1), run_fn=fake_train_run, progress=False)
     assert f"redoing run {victim.name}" in capsys.readouterr().err
     assert check_run(victim) is None and len(res) == 4
 
 
 def test_metric_of_the_wrong_type_is_not_finished(tmp_path):
     out = tmp_path / "sw"
-    run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=1)
+    run_sweep("smoke", out, execution=Execution(threads=1), run_fn=fake_train_run, progress=False)
     run = out / "runs" / expand_grid("smoke")[0].key()
     m = json.loads((run / "metrics.json").read_text())
     m["best_epoch"] = "3"
@@ -200,7 +201,7 @@ def test_kill_9_of_a_two_worker_sweep_leaves_no_process_and_no_temp_file(tmp_pat
     assert len(set(workers)) == 2 and family
     # A second sweep is refused while they run (the driver holds the folder lock).
     with pytest.raises(ReproError, match="another sweep is writing"):
-        run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=1)
+        run_sweep("smoke", out, execution=Execution(threads=1), run_fn=fake_train_run, progress=False)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     deadline = time.time() + 5
@@ -221,8 +222,9 @@ def test_kill_9_of_a_two_worker_sweep_leaves_no_process_and_no_temp_file(tmp_pat
 
 def test_a_finished_two_worker_sweep_resumes_with_nothing_to_do(tmp_path):
     out = tmp_path / "sw"
-    first = run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=1, workers=2)
-    again = run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=1, workers=2)
+    one = Execution(threads=1)
+    first = run_sweep("smoke", out, execution=one, run_fn=fake_train_run, progress=False, workers=2)
+    again = run_sweep("smoke", out, execution=one, run_fn=fake_train_run, progress=False, workers=2)
     assert again.attrs["sweep"]["reused"] == 4 and len(again) == len(first) == 4
 
 
@@ -236,12 +238,12 @@ def test_a_sweep_refuses_to_start_while_a_worker_of_an_earlier_one_runs(tmp_path
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ReproError, match=rf"processes of an earlier sweep still run .*pid {holder.pid}"):
-            run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=1)
+            run_sweep("smoke", out, execution=Execution(threads=1), run_fn=fake_train_run, progress=False)
         assert not (out / "runs").exists()
     finally:
         holder.kill()
         holder.wait()
-    run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=1)   # now it may
+    run_sweep("smoke", out, execution=Execution(threads=1), run_fn=fake_train_run, progress=False)   # now it may
 
 
 def test_a_worker_dies_when_its_parent_dies(tmp_path):
@@ -272,18 +274,18 @@ def test_a_worker_dies_when_its_parent_dies(tmp_path):
 # 6. Temp files; results.csv and summary.csv together
 def test_stale_temp_files_are_removed_at_sweep_start(tmp_path):
     out = tmp_path / "sw"
-    run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=1)
+    run_sweep("smoke", out, execution=Execution(threads=1), run_fn=fake_train_run, progress=False)
     run = next((out / "runs").iterdir())
     for p in (out / ".summary.csv.x1.tmp", out / ".sweep.json.x2.tmp", run / ".student.pt.x3.tmp"):
         p.write_text("left by a kill")
     (run / "notes.tmp").write_text("not ours: kept")
-    run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=1)
+    run_sweep("smoke", out, execution=Execution(threads=1), run_fn=fake_train_run, progress=False)
     assert sorted(p.name for p in out.rglob("*.tmp")) == ["notes.tmp"]
 
 
 def test_results_and_summary_are_written_together(tmp_path):
     out = tmp_path / "sw"
-    res = run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=1)
+    res = run_sweep("smoke", out, execution=Execution(threads=1), run_fn=fake_train_run, progress=False)
     before = {n: (out / n).read_text() for n in ("results.csv", "summary.csv")}
     with pytest.raises(ReproError):
         write_results(res.drop(columns=["val_accuracy"]), out)   # the summary cannot be made
@@ -385,8 +387,8 @@ def test_ray_sweep_listens_on_loopback_only(tmp_path, monkeypatch):
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     try:
-        run_sweep("smoke", tmp_path / "ray", backend="ray", workers=1, run_fn=fake_train_run,
-                  progress=False, threads=1, limit=2)
+        run_sweep("smoke", tmp_path / "ray", execution=Execution(threads=1), backend="ray", workers=1,
+                  run_fn=fake_train_run, progress=False, limit=2)
     finally:
         done.set()
         t.join()
@@ -440,16 +442,17 @@ def test_kill_9_of_a_ray_sweep_leaves_no_ray_process(tmp_path):
 # 9. A sweep does not mix thread counts (or devices) without being told
 def test_sweep_refuses_to_mix_thread_counts(tmp_path, capsys):
     out = tmp_path / "sw"
-    run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=1, limit=2)
+    run_sweep("smoke", out, execution=Execution(threads=1), run_fn=fake_train_run, progress=False, limit=2)
     recorded = json.loads((out / "sweep.json").read_text())["numerics"]
     assert (recorded["threads"], recorded["device"]) == (1, "cpu")
     assert recorded["precision"] in ("float32", "fp32")
     with pytest.raises(ReproError, match=r"2 with threads=1 on cpu.*--allow-mixed"):
-        run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=2)
+        run_sweep("smoke", out, execution=Execution(threads=2), run_fn=fake_train_run, progress=False)
     assert len(list((out / "runs").iterdir())) == 2            # refused before any work
-    res = run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=2, allow_mixed=True)
+    res = run_sweep("smoke", out, execution=Execution(threads=2), run_fn=fake_train_run, progress=False,
+                    allow_mixed=True)
     assert len(res) == 4
-    run_sweep("smoke", out, run_fn=fake_train_run, progress=False, threads=3)   # nothing to compute
+    run_sweep("smoke", out, execution=Execution(threads=3), run_fn=fake_train_run, progress=False)   # nothing to compute
 
 
 # ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import pytest
 
 from reprolib import schedule
 from reprolib.config import make_config
+from reprolib.devices import Execution
 from reprolib.grids import SweepGrid, expand_grid, get_grid, group_cohorts
 from reprolib.sweep import run_sweep
 
@@ -77,9 +78,11 @@ def test_sweep_runs_the_parts_of_a_split_cohort(tmp_path):
     """One cohort of four runs on four workers: four tasks, every run finished once."""
     grid = SweepGrid(name="one-cohort", run_preset="smoke", methods=("kd", "at"), rhos=(1.0,), seeds=(1,),
                      lambdas=(1.0, 10.0, 100.0))
-    res = run_sweep(grid, tmp_path / "sw", run_fn=fake_train_run, progress=False, workers=4, threads=1)
+    res = run_sweep(grid, tmp_path / "sw", execution=Execution(threads=1), run_fn=fake_train_run, progress=False,
+                    workers=4)
     assert res.attrs["sweep"]["tasks"] == 4 and len(res) == 4 and res["test_accuracy"].notna().all()
-    again = run_sweep(grid, tmp_path / "sw", run_fn=fake_train_run, progress=False, workers=1, threads=1)
+    again = run_sweep(grid, tmp_path / "sw", execution=Execution(threads=1), run_fn=fake_train_run, progress=False,
+                      workers=1)
     assert again.attrs["sweep"]["reused"] == 4
 
 
@@ -88,7 +91,8 @@ def test_no_split_keeps_every_cohort_whole(tmp_path, capsys):
 
     grid = SweepGrid(name="one-cohort", run_preset="smoke", methods=("kd", "at"), rhos=(1.0,), seeds=(1,),
                      lambdas=(1.0, 10.0, 100.0))
-    res = run_sweep(grid, tmp_path / "sw", run_fn=fake_train_run, progress=False, workers=4, threads=1, split=False)
+    res = run_sweep(grid, tmp_path / "sw", execution=Execution(threads=1), run_fn=fake_train_run, progress=False,
+                    workers=4, split=False)
     assert res.attrs["sweep"]["tasks"] == 1 and res.attrs["sweep"]["split"] is False
     assert main(["--preset", "smoke", "--out", str(tmp_path / "cli"), "--workers", "4", "--threads", "1",
                  "--no-split", "--no-progress", "--device", "cpu"], run_fn=fake_train_run) == 0

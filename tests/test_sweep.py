@@ -27,6 +27,7 @@ from reprolib import sweep
 from reprolib.executors import cpu_count
 from reprolib.results import RESULT_COLUMNS
 from reprolib.config import DataConfig, RunConfig, make_config
+from reprolib.devices import Execution
 from reprolib.errors import ReproError
 from reprolib.grids import expand_grid, SWEEP_PRESETS, SweepGrid
 from reprolib.results import select_lambda
@@ -417,7 +418,7 @@ def _comparable(path: Path) -> pd.DataFrame:
 
 def test_process_pool_matches_serial_without_importing_ray(tmp_path, fake_env):
     grid = SWEEP_PRESETS["smoke"]
-    run_sweep(grid, tmp_path / "serial", run_fn=fake_train_run, progress=False, threads=1)
+    run_sweep(grid, tmp_path / "serial", execution=Execution(threads=1), run_fn=fake_train_run, progress=False)
     code = textwrap.dedent(f"""
         import json, sys
         from _fake_runner import fake_train_run
@@ -446,9 +447,9 @@ def test_ray_backend_matches_serial(tmp_path, fake_env, monkeypatch):
     pytest.importorskip("ray")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     grid = SWEEP_PRESETS["smoke"]
-    serial = run_sweep(grid, tmp_path / "serial", run_fn=fake_train_run, progress=False, threads=1)
-    ray_res = run_sweep(grid, tmp_path / "ray", backend="ray", workers=2, run_fn=fake_train_run,
-                        progress=False, threads=1)
+    serial = run_sweep(grid, tmp_path / "serial", execution=Execution(threads=1), run_fn=fake_train_run, progress=False)
+    ray_res = run_sweep(grid, tmp_path / "ray", execution=Execution(threads=1), backend="ray", workers=2,
+                        run_fn=fake_train_run, progress=False)
     import ray
 
     assert not ray.is_initialized()                         # the local instance was shut down
@@ -483,7 +484,7 @@ def test_real_smoke_grid_with_the_trainer(tmp_path):
 
     torch.set_num_threads(1)
     out = tmp_path / "sw"
-    res = run_sweep("smoke", out, device="cpu", progress=False, threads=1)
+    res = run_sweep("smoke", out, execution=Execution(device="cpu", threads=1), progress=False)
     assert len(res) == 4
     assert res[["test_accuracy", "val_accuracy", "nonoracle_test_accuracy"]].notna().all().all()
     assert res.test_accuracy.between(0, 1).all()
@@ -492,7 +493,7 @@ def test_real_smoke_grid_with_the_trainer(tmp_path):
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 2 * 2 * 2
     # Resuming finds everything finished.
-    again = run_sweep("smoke", out, device="cpu", progress=False, threads=1)
+    again = run_sweep("smoke", out, execution=Execution(device="cpu", threads=1), progress=False)
     pd.testing.assert_frame_equal(again, res)
 
 
@@ -502,10 +503,12 @@ def test_real_trainer_gives_the_same_results_in_worker_processes(tmp_path):
     the scheduler splits the cohorts (2 cohorts of 2 on 4 workers: 4 one-student tasks)."""
     pytest.importorskip("reprolib.train")
     code = textwrap.dedent(f"""
+        from reprolib.devices import Execution
         from reprolib.sweep import run_sweep
         if __name__ == "__main__":
-            run_sweep("smoke", {str(tmp_path / "serial")!r}, progress=False, threads=1)
-            res = run_sweep("smoke", {str(tmp_path / "pool")!r}, progress=False, threads=1, workers=4)
+            one = Execution(threads=1)
+            run_sweep("smoke", {str(tmp_path / "serial")!r}, execution=one, progress=False)
+            res = run_sweep("smoke", {str(tmp_path / "pool")!r}, execution=one, progress=False, workers=4)
             assert res.attrs["sweep"]["tasks"] == 4, res.attrs["sweep"]
     """)
     script = tmp_path / "real_sweeps.py"
@@ -525,9 +528,9 @@ def test_cohort_and_no_cohort_sweeps_give_the_same_results(tmp_path, capsys):
     torch.set_num_threads(1)
     grid = SweepGrid(name="smoke-cohort", run_preset="smoke", methods=("kd", "at", "subdistill"),
                      rhos=(1.0,), seeds=(1,), lambdas=(1.0, 10.0))
-    together = run_sweep(grid, tmp_path / "cohort", device="cpu", progress=False, threads=1)
+    together = run_sweep(grid, tmp_path / "cohort", execution=Execution(device="cpu", threads=1), progress=False)
     assert together.attrs["sweep"]["tasks"] == 1 and together.attrs["sweep"]["cohort"]
-    alone = run_sweep(grid, tmp_path / "alone", device="cpu", progress=False, threads=1,
+    alone = run_sweep(grid, tmp_path / "alone", execution=Execution(device="cpu", threads=1), progress=False,
                       cohort=False)
     assert alone.attrs["sweep"]["tasks"] == 5
     pd.testing.assert_frame_equal(_comparable(tmp_path / "cohort" / "results.csv"),
