@@ -22,6 +22,18 @@ others go on. Hooks are registered once per run. How a cohort computes is one
 default: fp32 gives the reference numbers); on CUDA AdamW is fused;
 ``compile=True`` wraps each student in :func:`torch.compile`.
 
+The recipe (``book/protocol.md`` §5): AdamW (lr 1e-3, weight decay 0) over the
+student's and the method's own parameters; the rate halved every ``lr_step``
+epochs; validation every epoch on both validation sets of D3 (``val``, the
+config's selection set, and ``val_correlated``, the other one), so each run reports
+the test accuracy under both selection rules; the epoch with the best validation
+accuracy (strict improvement, so ties go to the earliest) is evaluated once on the
+test set. The loss is ``T²·KL(teacher ‖ student) + λ_layer · Σ_l L_l`` (+
+``λ_task·CE`` only when a user asks for it; D6 sets it to 0). The teacher is frozen,
+runs in eval mode without gradient, and its outputs are reused wherever that is
+exact: its test-set accuracy is cached on disk (:mod:`reprolib.evaluation`), and
+when the preset has no augmentation its training features are computed once.
+
 Each member writes its own run folder (``student.pt``, then ``metrics.json``
 last, atomically); :func:`train_cohort` skips members whose folder already
 holds their finished run, so a killed cohort resumes with only the rest.
@@ -31,10 +43,12 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -51,9 +65,18 @@ from .io import check_output_dir, read_json
 from .models import EVAL_BATCH, build_student, predict_labels
 from .rundirs import check_run, write_run
 from .teacher import build_teacher
-from .train import relevant_subspaces, seed_everything, split_accuracies, teacher_test_metrics
+from .evaluation import split_accuracies, teacher_test_metrics
+from .subspace import relevant_subspaces
 
 TEACHER_CHUNK = 256   # the precomputed (no augmentation) path
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's global streams, as every run starts (and every
+    cohort member is built)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 class CohortError(ReproError):

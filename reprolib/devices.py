@@ -17,15 +17,25 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ReproError
 from .io import check_threads
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 
 # The precisions a trainer runs in: fp32 (the reference numbers) or bf16 autocast.
 PRECISIONS = ("fp32", "bf16")
+
+
+def torch_device(device) -> "torch.device":
+    """:func:`resolve_device` as a :class:`torch.device` (``"auto"``: CUDA when present)."""
+    import torch
+
+    return torch.device(resolve_device(device))
 
 
 def resolve_device(device: str) -> str:

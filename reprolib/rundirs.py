@@ -6,8 +6,7 @@ A run folder holds ``student.pt`` and then, written last and atomically,
 ``metrics.json``. It is *finished* when ``metrics.json`` parses, has every key
 of :data:`REQUIRED_METRICS`, names the folder's config key, and ``student.pt``
 matches the sha256 recorded in metrics.json (``student_sha256``) or, without one,
-loads with ``weights_only=True``. The trainer (:mod:`reprolib.train`,
-:mod:`reprolib.cohort`) writes exactly that; the sweep reads it. No torch here.
+loads with ``weights_only=True``. The trainer (:mod:`reprolib.cohort`) writes exactly that; the sweep reads it. No torch here.
 """
 
 from __future__ import annotations

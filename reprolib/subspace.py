@@ -325,6 +325,43 @@ def student_pair_table(subspaces_by_student: dict, delta: dict):
     return pd.DataFrame(rows)
 
 
+# ---------------------------------------------------------------- the run's subspaces (cached)
+
+def student_ks(cfg, world) -> list[int]:
+    """K per distilled layer pair: the channel width of the student's layer (D7)."""
+    from .hooks import feature_shapes
+    from .models import build_student
+
+    shapes = feature_shapes(build_student(cfg.student, world.num_classes), [s for _, s in cfg.layer_pairs],
+                            world.input_shape)
+    return [shape[0] for shape in shapes.values()]
+
+
+def relevant_subspaces(cfg, teacher, world, ks: list[int], device: torch.device, progress: bool = False):
+    """The relevant subspaces of ``cfg``'s teacher layers (K from ``ks``), fitted on the
+    world's training images (eval transform, D8) and cached per (teacher, data, seed,
+    layers, K, positions, code): ``(subspaces, cache file)``."""
+    from . import CODE_VERSION
+    from .io import cache_dir, digest
+    from .teacher import teacher_identity
+
+    layers = [t for t, _ in cfg.layer_pairs]
+    key = digest({"teacher": teacher_identity(cfg), "data": cfg.data.__dict__, "seed": cfg.seed,
+                   "layers": layers, "ks": ks, "positions": cfg.subspace_positions,
+                   "code": CODE_VERSION}, default=str)
+    path = cache_dir("subspaces") / f"{key}.pt"
+    if path.is_file():
+        try:
+            return load_subspaces(path), path
+        except Exception:  # noqa: BLE001 - a corrupt cache is recomputed
+            path.unlink(missing_ok=True)
+    batches = (x.to(device) for x, _, _ in world.batches("train_eval", 64))
+    subspaces = fit_relevant_subspaces(teacher, layers, batches, ks, seed=cfg.seed,
+                                       positions=cfg.subspace_positions, device=device)
+    save_subspaces(path, subspaces)
+    return subspaces, path
+
+
 # ---------------------------------------------------------------- storage
 
 def save_subspaces(path: str | os.PathLike, subspaces: Sequence[RelevantSubspace]) -> None:

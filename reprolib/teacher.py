@@ -234,6 +234,13 @@ def teacher_report(tcfg: TeacherConfig = TeacherConfig(), progress: bool = True,
         "threads": manifest.get("threads"),
     }
 
+def teacher_identity(cfg: RunConfig) -> str:
+    """What names a run's teacher in cache keys: the mini teacher's recipe key, or the
+    paper teacher and its weights."""
+    if cfg.teacher == "mini-teacher":
+        return f"mini-teacher-{recipe(cfg.teacher_recipe, cfg.data.image_size).key()}"
+    return f"{cfg.teacher}:{cfg.teacher_weights or 'torch-cache'}"
+
 
 def build_teacher(cfg: RunConfig, progress: bool = True) -> FrozenTeacher:
     """The frozen, subtask-restricted teacher of a run."""

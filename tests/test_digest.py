@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import reprolib
-from reprolib import config, io, teacher, train
+from reprolib import config, evaluation, io, subspace, teacher
 from reprolib.config import DataConfig, RunConfig
 from reprolib.data import World
 
@@ -33,7 +33,7 @@ def pinned(monkeypatch):
     """Fixed code versions wherever a key reads one."""
     monkeypatch.setattr(reprolib, "CODE_VERSION", GOLDEN_CODE)
     monkeypatch.setattr(config, "CODE_VERSION", GOLDEN_CODE)
-    monkeypatch.setattr(train, "CODE_VERSION", GOLDEN_CODE)
+    monkeypatch.setattr(evaluation, "CODE_VERSION", GOLDEN_CODE)
     monkeypatch.setattr(teacher, "TEACHER_CODE_VERSION", GOLDEN_TEACHER_CODE)
 
 
@@ -128,18 +128,16 @@ class _FakeTeacher(torch.nn.Module):
 @pytest.mark.parametrize("in_memory,key", [(True, "da2f8daa343cc825"), (False, "f028de13e6fd218e")])
 def test_teacher_eval_key(pinned, tmp_path, monkeypatch, in_memory, key):
     monkeypatch.setenv("REPROLIB_CACHE", str(tmp_path))
-    train.teacher_test_metrics(_FakeTeacher(), _FakeWorld(in_memory), RunConfig(), torch.device("cpu"))
+    evaluation.teacher_test_metrics(_FakeTeacher(), _FakeWorld(in_memory), RunConfig(), torch.device("cpu"))
     assert [p.name for p in (tmp_path / "teacher_eval").iterdir()] == [f"{key}.json"]
 
 
 def test_subspace_key(pinned, tmp_path, monkeypatch):
-    from reprolib import subspace
-
     monkeypatch.setenv("REPROLIB_CACHE", str(tmp_path))
     monkeypatch.setattr(subspace, "fit_relevant_subspaces", lambda *a, **k: [])
     monkeypatch.setattr(subspace, "save_subspaces", lambda path, s: None)
     cfg = RunConfig(seed=7, data=DataConfig(contamination_rate=0.5))
-    _, path = train.relevant_subspaces(cfg, _FakeTeacher(), _FakeWorld(True), [4, 8, 16, 32],
+    _, path = subspace.relevant_subspaces(cfg, _FakeTeacher(), _FakeWorld(True), [4, 8, 16, 32],
                                        torch.device("cpu"))
     assert path.name == "0d00bd80b82f21e4.pt"
 

@@ -1,5 +1,5 @@
 """One prediction loop: :func:`reprolib.models.predict_labels` gives bitwise the
-predictions of the loops it replaced (``train.predict``, the cohort's evaluation
+predictions of the loops it replaced (``evaluation.predict``, the cohort's evaluation
 sets, the mini teacher's ten-class and subtask evaluations), copied below as they
 were, on a small model with BatchNorm, whatever mode the model was in."""
 
@@ -87,7 +87,7 @@ def _same_state(a, b):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("batch_size", [4, EVAL_BATCH])
 def test_train_predict_is_the_old_loop(training, batch_size):
-    from reprolib.train import predict
+    from reprolib.evaluation import predict
 
     world, model = _World(), _model(training)
     before = _state(model)

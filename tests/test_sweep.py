@@ -479,7 +479,7 @@ def test_register_cli_adds_the_sweep_subcommand():
 # ---------------------------------------------------------------------------
 # The real trainer
 def test_real_smoke_grid_with_the_trainer(tmp_path):
-    pytest.importorskip("reprolib.train")
+    pytest.importorskip("reprolib.cohort")
     import torch
 
     torch.set_num_threads(1)
@@ -501,7 +501,7 @@ def test_real_smoke_grid_with_the_trainer(tmp_path):
 def test_real_trainer_gives_the_same_results_in_worker_processes(tmp_path):
     """Serial and parallel sweeps agree when each run has the same thread count, also when
     the scheduler splits the cohorts (2 cohorts of 2 on 4 workers: 4 one-student tasks)."""
-    pytest.importorskip("reprolib.train")
+    pytest.importorskip("reprolib.cohort")
     code = textwrap.dedent(f"""
         from reprolib.devices import Execution
         from reprolib.sweep import run_sweep
@@ -522,7 +522,7 @@ def test_real_trainer_gives_the_same_results_in_worker_processes(tmp_path):
 
 def test_cohort_and_no_cohort_sweeps_give_the_same_results(tmp_path, capsys):
     """One task per (rho, seed) cohort, or one per run: the same results.csv numbers."""
-    pytest.importorskip("reprolib.train")
+    pytest.importorskip("reprolib.cohort")
     import torch
 
     torch.set_num_threads(1)

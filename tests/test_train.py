@@ -16,7 +16,7 @@ from reprolib.methods import METHODS
 from reprolib.models import MINI_STUDENT_WIDTHS, MINI_TEACHER_WIDTHS
 from reprolib.cohort import train_run
 from reprolib.rundirs import REQUIRED_METRICS, load_student
-from reprolib.train import predict
+from reprolib.evaluation import predict
 # The default mini student's widths come from models.py (the narrow student may change them).
 MINI_LAYERS = [{"teacher": f"layer{i}", "student": f"layer{i}", "teacher_shape": [t, hw, hw],
                 "student_shape": [s, hw, hw]}
@@ -178,7 +178,7 @@ def test_student_ks_are_the_student_layers_widths():
     default mini student, twice that for the wide one (K/d = 0.25 and 0.5)."""
     from types import SimpleNamespace
 
-    from reprolib.train import student_ks
+    from reprolib.subspace import student_ks
 
     world = SimpleNamespace(num_classes=5, input_shape=(1, 32, 32))
     cfg = make_config("mini", "smoke", method="subdistill")
