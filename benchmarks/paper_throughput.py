@@ -52,7 +52,7 @@ import torch
 
 from reprolib import artifacts as art
 from reprolib.config import LAYER_METHODS, PAPER_SUBTASK, make_config
-from reprolib.data import normalize
+from reprolib.transforms import normalize
 from reprolib.paper_world import PaperWorld
 from reprolib.sources import IMAGENET_MEAN, IMAGENET_STD
 from reprolib.hooks import FeatureCapture, feature_shapes

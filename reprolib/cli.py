@@ -21,10 +21,6 @@ def _print_json(obj) -> None:
     print_json(obj)
 
 
-def _float_list(text: str) -> tuple[float, ...]:
-    return tuple(float(t) for t in text.split(",") if t.strip())
-
-
 def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in text.split(",") if t.strip())
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 
 from .config import RunConfig
-from .data import normalize, pad_to, random_resized_crop
+from .transforms import normalize, pad_to, random_resized_crop
 from .sources import MINI_MEAN, MINI_STD, load_fashion_mnist
 from .devices import PRECISIONS, check_cpu_bf16
 from .errors import ReproError

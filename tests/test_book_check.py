@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "check_book.py"
@@ -22,10 +23,7 @@ PNG = base64.b64decode(
 
 
 def _browser_or_skip():
-    spec = importlib.util.spec_from_file_location("check_book", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["check_book"] = module
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, register=True)
     if importlib.util.find_spec("playwright") is None:
         pytest.skip("the browser check needs Playwright: pip install playwright (no browser download needed)")
     if module.find_chromium(None) is None:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("spec_refs", ROOT / "scripts" / "spec_refs.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["spec_refs"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/spec_refs.py", register=True)
 
 
 spec_refs = _load()

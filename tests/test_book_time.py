@@ -1,23 +1,14 @@
 """benchmarks/book_time.py reads the notebook runner's output as it comes and
 records each notebook's time when it finishes (so a stopped build keeps them)."""
 
-import importlib.util
 import io
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_book_time():
-    spec = importlib.util.spec_from_file_location("book_time", ROOT / "benchmarks" / "book_time.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _scripts import load_script
 
 
 def test_follow_records_each_notebook_when_it_finishes(tmp_path):
-    bt = load_book_time()
+    bt = load_script("benchmarks/book_time.py")
     lines = [
         "executing notebooks/01_data_construction.ipynb (preset=quick) ...\n",
         "some output of the notebook\n",

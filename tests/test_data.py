@@ -16,7 +16,8 @@ import torch
 
 from reprolib import artifacts as art
 from reprolib.config import make_config
-from reprolib.data import MiniWorld, denormalize
+from reprolib.data import MiniWorld
+from reprolib.transforms import denormalize
 from reprolib.sources import (FASHION_FILES, MINI_MEAN, MINI_STD, MNIST_FILES, fashion_mnist_folder,
                               load_fashion_mnist, mnist_folder, read_idx)
 from reprolib.errors import ReproError

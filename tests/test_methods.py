@@ -1,6 +1,5 @@
 """Distillation losses: golden values, formulas and the properties of §3–4."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,13 +12,12 @@ from reprolib.errors import ReproError
 from reprolib.methods import (METHODS, align_spatial, attention_map, build_method, check_finite,
                               kd_loss, total_loss)
 from reprolib.subspace import RelevantSubspace
+from _scripts import load_script
 
 torch.set_num_threads(1)
 
 HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("make_golden", HERE / "make_golden.py")
-make_golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_golden)
+make_golden = load_script(HERE / "make_golden.py")
 
 MINI_T = [(32, 32, 32), (64, 16, 16), (128, 8, 8), (256, 4, 4)]
 MINI_S = [(16, 32, 32), (32, 16, 16), (64, 8, 8), (128, 4, 4)]

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from reprolib import artifacts as art
-from reprolib.data import normalize
+from reprolib.transforms import normalize
 from reprolib.paper_world import (PaperWorld, crop_box, crop_rng, decode_cache, eval_crop, loader_workers,
                                   open_rgb, train_crop)
 from reprolib.sources import IMAGENET_MEAN, IMAGENET_STD

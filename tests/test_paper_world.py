@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reprolib.data import denormalize
+from reprolib.transforms import denormalize
 from reprolib.paper_world import PaperWorld
 from reprolib.sources import IMAGENET_MEAN, IMAGENET_STD, IMAGENET_WNIDS
 from reprolib.worlds import build_world

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,15 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from reprolib.models import mini_student
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("student_levers", ROOT / "benchmarks" / "student_levers.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/student_levers.py")
 
 
 @pytest.mark.numerics
