@@ -22,17 +22,18 @@ others go on. Hooks are registered once per run. How a cohort computes is one
 default: fp32 gives the reference numbers); on CUDA AdamW is fused;
 ``compile=True`` wraps each student in :func:`torch.compile`.
 
-The recipe (``book/protocol.md`` §5): AdamW (lr 1e-3, weight decay 0) over the
-student's and the method's own parameters; the rate halved every ``lr_step``
-epochs; validation every epoch on both validation sets of D3 (``val``, the
-config's selection set, and ``val_correlated``, the other one), so each run reports
-the test accuracy under both selection rules; the epoch with the best validation
-accuracy (strict improvement, so ties go to the earliest) is evaluated once on the
-test set. The loss is ``T²·KL(teacher ‖ student) + λ_layer · Σ_l L_l`` (+
-``λ_task·CE`` only when a user asks for it; D6 sets it to 0). The teacher is frozen,
-runs in eval mode without gradient, and its outputs are reused wherever that is
-exact: its test-set accuracy is cached on disk (:mod:`reprolib.evaluation`), and
-when the preset has no augmentation its training features are computed once.
+The recipe (``book/protocol.md`` §5): AdamW (the config's ``lr``: 10⁻³ as in the
+paper, 10⁻² in the mini world; weight decay 0) over the student's and the method's
+own parameters; the rate halved every ``lr_step`` epochs; validation every epoch on
+both validation sets of D3 (``val``, the config's selection set, and
+``val_correlated``, the other one), so each run reports the test accuracy under both
+selection rules; the epoch with the best validation accuracy (strict improvement, so
+ties go to the earliest) is evaluated once on the test set. The loss is
+``T²·KL(teacher ‖ student) + λ_layer · Σ_l L_l`` (+ ``λ_task·CE`` only when a user
+asks for it; D6 sets it to 0). The teacher is frozen, runs in eval mode without
+gradient, and its outputs are reused wherever that is exact: its test-set accuracy is
+cached on disk (:mod:`reprolib.evaluation`), and when the preset has no augmentation
+its training features are computed once.
 
 Each member writes its own run folder (``student.pt``, then ``metrics.json``
 last, atomically); :func:`train_cohort` skips members whose folder already

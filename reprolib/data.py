@@ -114,7 +114,6 @@ def summarize_plans(plans: dict[str, SplitPlan]) -> dict[str, dict[str, int]]:
     return out
 
 
-
 def agreement_table(worlds: dict):
     """Per ρ (``worlds``: ρ → world) and split: images, those with a digit, those whose
     digit equals the label, and the two shares (chapter 1's check of the protocol)."""
@@ -128,7 +127,6 @@ def agreement_table(worlds: dict):
                          "share of digits = label": (c["digit_equals_label"] / c["with_digit"] if c["with_digit"]
                                                      else float("nan"))})
     return pd.DataFrame(rows)
-
 
 
 # ---------------------------------------------------------------------------
