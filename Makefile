@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
-#   make book   venv + data + every notebook of _toc.yml executed with papermill (PRESET, default quick)
+#   make book   venv + data + every notebook of _toc.yml executed with papermill (PRESET, default quick;
+#               DEVICE, default auto; PRECISION, default fp32)
 #               + Jupyter Book -> _build/html + the browser check of every page (scripts/check_book.py)
 #   make test   venv + data + the smoke book (notebooks executed with the smoke preset, built and checked in
 #               headless Chromium; its numbers mean nothing) + the whole test suite
@@ -17,6 +18,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.reprolib-installed
 PRESET ?= quick
+# Where the chapters' models compute (auto: CUDA when torch sees one, else the CPU) and in what precision
+# (fp32, the reference; bf16 autocast on CUDA or on a CPU with native bf16, refused elsewhere).
+DEVICE ?= auto
+PRECISION ?= fp32
 # The smoke book's pages must say that their numbers mean nothing.
 SMOKE_CHECK ?= --require-text 'mean.nothing'
 # CPU dispatches under which `make test` reruns the numerics-marked tests (`;`-separated settings of
@@ -49,7 +54,7 @@ data: venv
 
 # NB_ARGS: extra notebook parameters, e.g. make book NB_ARGS="--param run_kd_ablation=false".
 notebooks: data
-	$(PY) scripts/run_notebooks.py --preset $(PRESET) $(NB_ARGS)
+	$(PY) scripts/run_notebooks.py --preset $(PRESET) --param device=$(DEVICE) --param precision=$(PRECISION) $(NB_ARGS)
 
 book: notebooks
 	$(MAKE) --no-print-directory book-html book-check

@@ -6,7 +6,12 @@ sweep, the calibration runs and the analyses are all computed), times each
 notebook, and prints one JSON object. Target on a 2-core CPU: <= 30 minutes (not met by the
 converged quick preset: see README, "How long things take").
 
-    python benchmarks/book_time.py [--preset quick] [--keep-cache DIR] [--out FILE]
+    python benchmarks/book_time.py [--preset quick] [--device auto] [--precision fp32]
+                                   [--keep-cache DIR] [--out FILE]
+
+``--device`` and ``--precision`` are given to the chapters that take them (as
+``make book DEVICE=... PRECISION=...`` does); the JSON records the device they
+resolved to, and a device or precision the machine cannot run stops it at once.
 
 The notebooks' output is echoed to stderr as it comes. With ``--out FILE`` the JSON is
 also written there (atomically) after every notebook, with ``"complete": false`` until
@@ -50,15 +55,20 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def follow(lines, per_notebook: dict, save, echo=None) -> list[str]:
+def follow(lines, per_notebook: dict, save, echo=None, notes: dict | None = None) -> list[str]:
     """Read ``run_notebooks.py``'s output as it comes: every ``done in N s`` line
     records N for the notebook its ``executing notebooks/NAME.ipynb`` line named, and
-    calls ``save()``. Returns the last 200 lines (for an error report)."""
+    calls ``save()``; the runner's ``estimate_seconds=S`` (its estimate, said before any
+    notebook ran) goes to ``notes["estimated_training_seconds"]``. Returns the last 200
+    lines (for an error report)."""
     tail, current = [], None
     for line in lines:
         if echo is not None:
             echo.write(line)
         tail = (tail + [line])[-200:]
+        estimated = re.search(r"estimate_seconds=([0-9.]+)", line)
+        if estimated and notes is not None:   # the runner's estimate, said before any notebook ran
+            notes["estimated_training_seconds"] = float(estimated.group(1))
         started = re.match(r"executing notebooks/(\S+)\.ipynb", line)
         done = re.match(r"\s+done in (\d+) s", line)
         if started:
@@ -75,7 +85,17 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="quick")
     p.add_argument("--keep-cache", default=None, help="use (and keep) this cache folder instead of a temporary one")
     p.add_argument("--out", default=None, help="also write the JSON here, updated after every notebook")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", help="fp32 (default) or bf16")
     args = p.parse_args(argv)
+    from reprolib.devices import Execution
+    from reprolib.errors import ReproError
+
+    try:
+        execution = Execution(device=args.device, precision=args.precision)
+    except ReproError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     cache = Path(args.keep_cache) if args.keep_cache else Path(tempfile.mkdtemp(prefix="reprolib-book-"))
     env = dict(os.environ, REPROLIB_CACHE=str(cache))
     # A kept cache may already hold the teacher and finished runs: then the times are not from scratch.
@@ -87,6 +107,8 @@ def main(argv=None) -> int:
         (cache / "data").symlink_to(shared)
     record = {
         "preset": args.preset,
+        "device": execution.device,
+        "precision": execution.precision,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {cpu_model()}",
         "commit": git_commit(),
         "cache": str(cache),
@@ -103,9 +125,10 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     save()
-    proc = subprocess.Popen([sys.executable, "scripts/run_notebooks.py", "--preset", args.preset], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "scripts/run_notebooks.py", "--preset", args.preset,
+                             "--param", f"device={args.device}", "--param", f"precision={args.precision}"], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    tail = follow(proc.stdout, record["per_notebook_seconds"], save, echo=sys.stderr)
+    tail = follow(proc.stdout, record["per_notebook_seconds"], save, echo=sys.stderr, notes=record)
     rc = proc.wait()
     t1 = time.time()
     record["notebooks_seconds"] = round(t1 - t0, 1)

@@ -75,7 +75,8 @@ class Execution:
     resolved when the object is made (``auto`` becomes ``cuda`` or ``cpu``).
     ``threads``: torch threads per run; ``None`` leaves torch's default (a sweep
     replaces it by ``cpu_count // workers``). ``precision``: one of
-    :data:`PRECISIONS` (``bf16``: autocast). ``compile``: wrap each student in
+    :data:`PRECISIONS` (``bf16``: autocast; on the CPU only where it has native
+    bf16, :func:`check_cpu_bf16`, since elsewhere it is emulated and slower than fp32). ``compile``: wrap each student in
     :func:`torch.compile`. A bad value is a :class:`ReproError` naming it and the
     choices.
     """
@@ -92,6 +93,8 @@ class Execution:
         if not isinstance(self.compile, bool):
             raise ReproError(f"compile={self.compile!r} must be true or false")
         object.__setattr__(self, "device", resolve_device(self.device))
+        if self.precision == "bf16" and self.device == "cpu":
+            check_cpu_bf16("--precision bf16 on the CPU")
 
     def numerics(self) -> dict[str, Any]:
         """What changes a run's numbers besides its config, as ``sweep.json`` records

@@ -170,11 +170,19 @@ def papermill_command(notebook: str, params: Mapping[str, Any], out: str = "out.
 
 
 def footer(notebook: str, params: Mapping[str, Any], page_seconds: float, *, device: str = "cpu",
-           compute_seconds: float | None = None, compute_note: str = ""):
-    """The closing "Rerun" section: command, run time and hardware of the result."""
+           precision: str = "fp32", compute_seconds: float | None = None, compute_note: str = ""):
+    """The closing "Rerun" section: command, run time, hardware, device and precision of the result.
+
+    ``device`` is where the page's models computed (``"auto"`` is resolved: CUDA
+    when torch sees one, else the CPU); ``precision`` is ``fp32`` or ``bf16``.
+    """
+    from .devices import resolve_device
+
     lines = ["**Rerun this chapter.** From the repository root:", "",
              f"```\n{papermill_command(notebook, params)}\n```", ""]
-    timing = f"This page executed in {duration(page_seconds)} on {hardware(device)}."
+    dev = resolve_device(str(device))
+    timing = (f"This page executed in {duration(page_seconds)} on {hardware(dev)}; its models computed on "
+              f"**{dev}** in **{precision}**.")
     if compute_seconds is not None:
         timing += (f" The training behind its results took {duration(compute_seconds)} of compute in total"
                    + (f" ({compute_note})" if compute_note else "") + "; finished runs are reused, not retrained.")

@@ -338,8 +338,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reuse finished runs made with another --threads/--device/--precision "
                         "(numbers differ)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the plan (runs, axes, optimiser steps, split sizes, models, K/d) "
-                        "as one JSON object and exit; trains nothing")
+                   help="print the plan (runs, axes, optimiser steps, split sizes, models, K/d) and the "
+                        "estimated time of what is not finished yet (a few seconds of measured "
+                        "calibration on this device) as one JSON object and exit; trains nothing")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="with --dry-run: skip the calibration and the time estimate")
 
 
 def plan_summary(grid: str | SweepGrid, world: str = "mini", limit: int | None = None,
@@ -422,12 +425,22 @@ def _k_over_d(cfg: RunConfig) -> float | None:
 
 
 def _cli_sweep(args: argparse.Namespace) -> int:
-    if getattr(args, "dry_run", False):
-        io.print_json(plan_summary(args.preset, args.world, args.limit, args.variant))
-        return 0
     out = args.out or cache_dir("sweeps", f"{args.world}-{args.preset}")
     execution = Execution(device=args.device, threads=args.threads, precision=args.precision,
                           compile=args.compile)
+    if getattr(args, "dry_run", False):
+        summary = plan_summary(args.preset, args.world, args.limit, args.variant)
+        if not args.no_estimate:
+            from .estimate import describe, estimate_sweep
+
+            grid = with_variant(get_grid(args.preset), args.variant, args.world)
+            cells = expand_grid(grid, args.world)[:args.limit]
+            workers = cpu_count() if args.workers is None else args.workers
+            summary["estimate"] = estimate_sweep(cells, out, execution, workers=workers,
+                                                 split=not args.no_split)
+            _log(describe(summary["estimate"]))
+        io.print_json(summary)
+        return 0
     results = run_sweep(args.preset, out, execution=execution, world=args.world, backend=args.backend,
                         workers=cpu_count() if args.workers is None else args.workers,
                         run_fn=getattr(args, "run_fn", None), progress=not args.no_progress,

@@ -10,6 +10,9 @@ executed copies. A notebook that fails stops the build with its error.
 
 ``--param NAME=VALUE`` (repeatable; the value read as YAML) is given to every
 executed notebook whose ``parameters`` cell declares NAME, on top of the preset.
+``make book DEVICE=cuda PRECISION=bf16`` passes ``device`` and ``precision`` this
+way (defaults ``auto`` and ``fp32``); a device or precision this machine cannot run
+is refused with one ``error:`` line before any notebook runs.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = ROOT / "_build" / "book_src"
+if str(ROOT) not in sys.path:          # run from a source checkout
+    sys.path.insert(0, str(ROOT))
+
+from reprolib.errors import ReproError  # noqa: E402
 
 
 def toc_files(toc: dict) -> list[str]:
@@ -55,6 +62,43 @@ def parse_params(items: list[str]) -> dict:
     return out
 
 
+def check_execution(params: dict) -> None:
+    """A ``device`` or ``precision`` parameter the chapters could not run with is refused
+    here, before any notebook runs (an unknown device, CUDA where torch sees none, bf16
+    on a CPU without native bf16): a :class:`ReproError` naming it and the fix."""
+    if "device" not in params and "precision" not in params:
+        return
+    from reprolib.devices import Execution
+
+    Execution(device=str(params.get("device", "auto")), precision=str(params.get("precision", "fp32")))
+
+
+SWEEP_CHAPTER = "04_contamination_sweep"
+
+
+def print_estimate(preset: str, params: dict) -> None:
+    """Say, before any notebook runs, how long the book's training should take on this
+    machine (:func:`reprolib.estimate.estimate_book`: a few seconds of measured
+    calibration); a failure to estimate is said and does not stop the build."""
+    try:
+        from reprolib.devices import Execution
+        from reprolib.estimate import describe, estimate_book
+        from reprolib.pages import duration
+
+        execution = Execution(device=str(params.get("device", "auto")),
+                              precision=str(params.get("precision", "fp32")))
+        workers = params.get("workers", 2)
+        est = estimate_book(preset, execution, world=str(params.get("world", "mini")),
+                            workers=workers if isinstance(workers, int) and workers > 0 else 2)
+    except Exception as e:  # noqa: BLE001 - an estimate is a courtesy, never a reason to stop
+        print(f"no time estimate ({type(e).__name__}: {e})", flush=True)
+        return
+    print(f"estimated training still to do for the book ({preset}): {duration(est['seconds'])} "
+          f"(chapters 2 and 5-7's analyses not included; estimate_seconds={est['seconds']})", flush=True)
+    for name, e in est["grids"].items():
+        print(f"  {name}: {describe(e)}", flush=True)
+
+
 def ipc_kernel_manager(folder: Path):
     """A Jupyter kernel manager class whose kernels talk over Unix sockets in
     ``folder``, not over five TCP ports on 127.0.0.1 (ipykernel still binds one
@@ -78,14 +122,19 @@ def main(argv=None) -> int:
     parser.add_argument("--only", action="append", default=None, help="run only these notebook stems")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="a parameter for the notebooks that declare it (value read as YAML)")
+    parser.add_argument("--no-estimate", action="store_true",
+                        help="do not print the estimated training time before the notebooks run")
     args = parser.parse_args(argv)
     try:
         extra = parse_params(args.param)
-    except ValueError as e:
+        check_execution(extra)
+    except (ValueError, ReproError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    if not args.no_estimate and (not args.only or SWEEP_CHAPTER in args.only):
+        print_estimate(args.preset, extra)
     STAGE.mkdir(parents=True, exist_ok=True)
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(ROOT / name, STAGE / name)

@@ -35,3 +35,11 @@ def test_follow_records_each_notebook_when_it_finishes(tmp_path):
     assert "03_training" not in per_notebook
     assert tail[-1].startswith("Traceback")
     assert echo.getvalue() == "".join(lines)
+
+
+def test_a_device_this_machine_cannot_run_stops_at_once(tmp_path, capsys):
+    bt = load_script("benchmarks/book_time.py", "book_time_bad_device")
+    out = tmp_path / "never.json"
+    assert bt.main(["--device", "tpu", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown device 'tpu'; choose auto, cpu, cuda or cuda:N"
+    assert not out.exists()    # nothing started, nothing written

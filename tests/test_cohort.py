@@ -206,7 +206,25 @@ def test_execution_is_one_checked_frozen_object():
         Cohort([cfg], "cpu")       # the old positional device
 
 
-def test_bf16_autocast_runs_on_the_cpu_and_is_recorded(tmp_path):
+def test_bf16_on_a_cpu_without_native_bf16_is_refused(monkeypatch):
+    from reprolib import devices
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda *_: {"avx2", "fma"})
+    with pytest.raises(ReproError, match=r"--precision bf16 on the CPU: bf16 on this CPU would be emulated, "
+                                         r"not native \(it has neither avx512_bf16 nor amx_bf16\)") as info:
+        Execution(precision="bf16")
+    assert "\n" not in str(info.value)
+    assert Execution(precision="fp32").precision == "fp32"
+    monkeypatch.setattr(devices, "cpu_flags", lambda *_: {"avx2", "avx512_bf16"})
+    assert Execution(precision="bf16").precision == "bf16"
+
+
+def test_bf16_autocast_runs_on_the_cpu_and_is_recorded(tmp_path, monkeypatch):
+    from reprolib import devices
+
+    # The code path, on any CPU: pretend it has native bf16 (where it has not, bf16 is
+    # emulated: slow, but the same arithmetic).
+    monkeypatch.setattr(devices, "cpu_flags", lambda *_: {"avx512_bf16"})
     cfg = make_config("mini", "smoke", method="subdistill", contamination_rate=1.0, lambda_layer=1.0)
     metrics = train_run(cfg, tmp_path, execution=Execution(precision="bf16"), progress=False)
     assert metrics["precision"] == "bf16" and 0 <= metrics["test_accuracy"] <= 1

@@ -33,6 +33,31 @@ def test_a_bad_param_stops_before_any_work(tmp_path):
     assert proc.stderr.strip().startswith("error: --param 'oops' is not NAME=VALUE") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("params, words", [
+    (["device=tpu"], "error: unknown device 'tpu'; choose auto, cpu, cuda or cuda:N"),
+    (["precision=fp16"], "error: unknown precision 'fp16'; choose one of fp32, bf16"),
+])
+def test_a_device_or_precision_the_chapters_cannot_use_stops_before_any_work(params, words):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--only", "nothing",
+                           *[a for p in params for a in ("--param", p)]],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == words and "executing" not in proc.stdout
+
+
+def test_bf16_on_a_cpu_without_it_is_refused_before_any_notebook(monkeypatch):
+    from reprolib import devices
+    from reprolib.errors import ReproError
+
+    mod = _module()
+    monkeypatch.setattr(devices, "cpu_flags", lambda *_: {"avx2"})
+    with pytest.raises(ReproError, match="bf16 on this CPU would be emulated"):
+        mod.check_execution({"device": "cpu", "precision": "bf16"})
+    mod.check_execution({"device": "auto", "precision": "fp32"})
+    mod.check_execution({"preset": "quick"})          # nothing asked: nothing checked
+    monkeypatch.setattr(devices, "cpu_flags", lambda *_: {"amx_bf16"})
+    mod.check_execution({"device": "cpu", "precision": "bf16"})
+
+
 def test_notebooks_run_in_a_kernel_on_unix_sockets(tmp_path):
     """The book's kernels talk over Unix sockets in a private folder: their five channels open no TCP port."""
     nbformat = pytest.importorskip("nbformat")

@@ -1,0 +1,122 @@
+"""reprolib.estimate: the time a sweep will take, from a short measured calibration."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from reprolib import estimate
+from reprolib.config import make_config, optimizer_steps, split_sizes
+from reprolib.errors import ReproError
+from reprolib.grids import expand_grid, get_grid, group_cohorts
+from reprolib.rundirs import run_dir_for
+
+from _fake_runner import fake_train_run
+
+
+def _cal(**over) -> estimate.Calibration:
+    base = dict(device="cpu", threads=1, precision="fp32",
+                step_seconds={"kd/mini-student": 0.02, "subdistill/mini-student": 0.03,
+                              "at/mini-student": 0.025, "vid/mini-student": 0.06, "vkd/mini-student": 0.03},
+                eval_seconds_per_image={"mini-student": 1e-4}, teacher_seconds_per_image=5e-4,
+                subspace_seconds_per_image=2e-3, teacher_train_seconds_per_step=0.4, calibration_seconds=1.0)
+    base.update(over)
+    return estimate.Calibration(**base)
+
+
+def test_a_task_is_priced_term_by_term():
+    cal = _cal()
+    kd = make_config("mini", "quick", method="kd", contamination_rate=1.0, seed=1)
+    sd = make_config("mini", "quick", method="subdistill", contamination_rate=1.0, seed=1, lambda_layer=10.0)
+    sizes = split_sizes(kd.data)
+    steps = optimizer_steps(kd)
+    validations = math.ceil(kd.epochs / kd.val_every)
+    per_student_eval = (validations * 2 * sizes["val"] + 2 * sizes["test"]) * 1e-4
+    # With augmentation (the mini world's crops) the teacher runs on every batch; its test metrics once.
+    assert kd.data.augment
+    teacher = (steps * kd.batch_size + sizes["test"]) * 5e-4
+    assert estimate.task_seconds([kd], cal) == pytest.approx(teacher + steps * 0.02 + per_student_eval)
+    # A second member adds its own steps and evaluations; SubDistill also its subspace fit.
+    both = estimate.task_seconds([kd, sd], cal)
+    assert both == pytest.approx(teacher + sizes["train"] * 2e-3 + steps * (0.02 + 0.03) + 2 * per_student_eval)
+    assert estimate.task_seconds([], cal) == 0.0
+    plain = kd.replace(augment=False)      # no augmentation: the teacher once over the training split
+    assert estimate.task_seconds([plain], cal) == pytest.approx(
+        (sizes["train"] + sizes["test"]) * 5e-4 + steps * 0.02 + per_student_eval)
+    # Two equal tasks on two workers take the time of one; on one worker, of both.
+    assert estimate.makespan_seconds([[kd], [kd]], 2, cal) == pytest.approx(estimate.task_seconds([kd], cal))
+    assert estimate.makespan_seconds([[kd], [kd]], 1, cal) == pytest.approx(2 * estimate.task_seconds([kd], cal))
+
+
+def test_teacher_training_is_priced_from_its_recipe():
+    cal = _cal(teacher_train_seconds_per_step=0.5)
+    cfg = make_config("mini", "quick", method="kd", contamination_rate=1.0, seed=1, teacher_recipe="10-epoch")
+    steps = 10 * (60000 // 128)
+    seconds = estimate.teacher_training_seconds(cfg, cal)
+    assert steps * 0.5 < seconds < 1.1 * steps * 0.5
+    assert estimate.teacher_training_seconds(cfg, _cal(teacher_train_seconds_per_step=None)) == 0.0
+
+
+@pytest.mark.slow
+def test_calibration_measures_every_method_and_the_estimate_skips_finished_runs(tmp_path):
+    cells = expand_grid("smoke")
+    cal = estimate.calibrate(cells, steps=1)
+    assert set(cal.step_seconds) == {f"{c.method}/{c.student}" for c in cells}
+    assert all(v > 0 for v in cal.step_seconds.values())
+    assert cal.eval_seconds_per_image["mini-student"] > 0 and cal.teacher_seconds_per_image > 0
+    assert cal.subspace_seconds_per_image > 0 and cal.teacher_train_seconds_per_step is None
+    json.dumps(cal.to_dict(), allow_nan=False)     # strict JSON
+
+    out = tmp_path / "sweep"
+    full = estimate.estimate_sweep(cells, out, workers=1, calibration=cal)
+    assert full["runs_to_train"] == len(cells) and full["runs_finished"] == 0
+    assert full["cohorts"] == len(group_cohorts(cells))
+    # Finish the first cohort's runs: they drop out of the estimate.
+    first = group_cohorts(cells)[0]
+    for cfg in first:
+        fake_train_run(cfg, run_dir_for(out, cfg), progress=False)
+    rest = estimate.estimate_sweep(cells, out, workers=1, calibration=cal)
+    assert rest["runs_to_train"] == len(cells) - len(first) and rest["runs_finished"] == len(first)
+    assert 0 < rest["seconds"] < full["seconds"]
+    assert "finished runs are reused" in estimate.describe(rest)
+    for cfg in cells:
+        fake_train_run(cfg, run_dir_for(out, cfg), progress=False)
+    done = estimate.estimate_sweep(cells, out, workers=1, calibration=cal)
+    assert done["seconds"] == 0 and estimate.describe(done).startswith("nothing to train")
+    with pytest.raises(ReproError, match="workers=0 must be a positive integer"):
+        estimate.estimate_sweep(cells, out, workers=0, calibration=cal)
+
+
+def test_the_book_estimate_prices_each_teacher_and_shared_cell_once(monkeypatch):
+    def fake_calibrate(cfgs, *a, teacher_training=False, **k):
+        return _cal(step_seconds={f"{c.method}/{c.student}": 0.03 for c in cfgs},
+                    eval_seconds_per_image={c.student: 1e-4 for c in cfgs},
+                    teacher_train_seconds_per_step=0.4 if teacher_training else None)
+
+    monkeypatch.setattr(estimate, "calibrate", fake_calibrate)
+    book = estimate.estimate_book("smoke", workers=2)
+    assert get_grid("smoke").name in book["grids"] and len(book["grids"]) >= 3
+    priced = [e for e in book["grids"].values() if e["teacher_seconds"] > 0]
+    recipes = {c.teacher_recipe for g in ("smoke",) for c in expand_grid(g)}
+    assert 1 <= len(priced) <= len(recipes) + 1    # the main teacher once, the contrast world's once
+    assert book["seconds"] == pytest.approx(sum(e["seconds"] for e in book["grids"].values()), abs=0.5)
+
+
+@pytest.mark.slow
+def test_dry_run_prints_the_estimate(tmp_path):
+    args = [sys.executable, "-m", "reprolib", "sweep", "--dry-run", "--preset", "smoke", "--workers", "1",
+            "--out", str(tmp_path / "s")]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    est = plan["estimate"]
+    assert est["runs_to_train"] == plan["runs"] and est["seconds"] > 0
+    assert est["calibration"]["device"] == "cpu" and est["calibration"]["precision"] == "fp32"
+    assert "estimated" in proc.stderr and f"{plan['runs']} runs" in proc.stderr
+    assert not (tmp_path / "s").exists()            # a dry run writes nothing
+    quiet = subprocess.run(args + ["--no-estimate"], capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and "estimate" not in json.loads(quiet.stdout)
