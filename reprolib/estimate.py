@@ -108,6 +108,19 @@ def calibrate(cfgs: Sequence[RunConfig], execution: Execution | None = None, *, 
     warm-up). Sets the torch thread count to ``execution.threads`` while it runs.
     ``teacher_training``: also time the mini teacher's training step."""
     import torch
+
+    if not cfgs:
+        raise ReproError("nothing to calibrate: the grid has no cells")
+    execution = as_execution(execution)
+    # The calibration's models draw their random initial weights from a forked generator:
+    # the caller's random state (and so a sweep's numbers) is what it was.
+    cuda = [torch.device(execution.device).index or 0] if execution.device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=cuda):
+        return _calibrate(list(cfgs), execution, steps, teacher_training)
+
+
+def _calibrate(cfgs: list[RunConfig], execution: Execution, steps: int, teacher_training: bool) -> Calibration:
+    import torch
     import torch.nn.functional as F
 
     from . import methods as methods_module
@@ -115,9 +128,6 @@ def calibrate(cfgs: Sequence[RunConfig], execution: Execution | None = None, *, 
     from .models import build_student
     from .subspace import fit_relevant_subspaces
 
-    if not cfgs:
-        raise ReproError("nothing to calibrate: the grid has no cells")
-    execution = as_execution(execution)
     start = time.perf_counter()
     old_threads = torch.get_num_threads()
     threads = execution.threads or old_threads

@@ -107,10 +107,27 @@ def _dead_task(task: Task, exc: BaseException) -> list[dict]:
             for _, run_dir in task]
 
 
-def progress_bar(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool, estimate_seconds: float | None = None):
+    """The sweep's bar, counting runs. With ``estimate_seconds`` (:mod:`reprolib.estimate`)
+    it shows the estimated time left until the first task finishes; then tqdm's own
+    rate takes over (a cohort finishes many runs at once, so before that tqdm has no
+    rate)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="runs", unit="run", disable=not enabled or total == 0)
+    bar = tqdm(total=total, desc="runs", unit="run", disable=not enabled or total == 0)
+    if estimate_seconds and not bar.disable:
+        from .pages import duration
+
+        update = bar.update
+
+        def first_update(n=1):
+            bar.set_postfix_str("", refresh=False)
+            bar.update = update            # tqdm's own rate and time left from here on
+            return update(n)
+
+        bar.set_postfix_str(f"estimated {duration(estimate_seconds)} left")
+        bar.update = first_update
+    return bar
 
 
 def run_serial(tasks: list[Task], execution: Execution, run_fn, workers, bar, **opts) -> list[dict]:

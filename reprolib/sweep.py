@@ -239,7 +239,10 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
             groups = plan_tasks(group_cohorts(plan.todo), workers if split else 1)
         tasks = [[(cfg.to_dict(), str(run_dir_for(out_dir, cfg))) for cfg in group]
                  for group in groups]
-        with progress_bar(len(plan.todo), progress) as bar:
+        estimated = None
+        if progress and plan.todo and run_fn is None:
+            estimated = _estimate(plan.todo, out_dir, execution, workers if split else 1, workers)
+        with progress_bar(len(plan.todo), progress, estimated) as bar:
             if backend == "serial":
                 statuses = run_serial(tasks, execution, run_fn, workers, bar, cohort=cohort)
             else:
@@ -270,6 +273,19 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
                          + "\nfix the cause and rerun the same command; finished runs "
                          "are reused")
     return results
+
+
+def _estimate(todo: list[RunConfig], out_dir: Path, execution: Execution, parts: int, workers: int) -> float | None:
+    """The estimated seconds of ``todo`` (said on stderr), or None where it cannot be made."""
+    from .estimate import describe, estimate_sweep
+
+    try:
+        est = estimate_sweep(todo, out_dir, execution, workers=workers, split=parts > 1)
+    except Exception as e:  # noqa: BLE001 - an estimate is a courtesy, never a reason to stop
+        _log(f"no time estimate ({type(e).__name__}: {e})")
+        return None
+    _log(describe(est))
+    return est["seconds"]
 
 
 def with_variant(grid: SweepGrid, variant: str | None, world: str = "mini") -> SweepGrid:

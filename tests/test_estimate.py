@@ -63,8 +63,12 @@ def test_teacher_training_is_priced_from_its_recipe():
 
 @pytest.mark.slow
 def test_calibration_measures_every_method_and_the_estimate_skips_finished_runs(tmp_path):
+    import torch
+
     cells = expand_grid("smoke")
+    state = torch.get_rng_state()
     cal = estimate.calibrate(cells, steps=1)
+    assert torch.equal(torch.get_rng_state(), state)   # the caller's random stream is untouched
     assert set(cal.step_seconds) == {f"{c.method}/{c.student}" for c in cells}
     assert all(v > 0 for v in cal.step_seconds.values())
     assert cal.eval_seconds_per_image["mini-student"] > 0 and cal.teacher_seconds_per_image > 0
@@ -120,3 +124,32 @@ def test_dry_run_prints_the_estimate(tmp_path):
     assert not (tmp_path / "s").exists()            # a dry run writes nothing
     quiet = subprocess.run(args + ["--no-estimate"], capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0 and "estimate" not in json.loads(quiet.stdout)
+
+
+@pytest.mark.slow
+def test_estimate_check_prints_estimate_and_measurement(tmp_path, capsys):
+    from _scripts import load_script
+
+    check = load_script("benchmarks/estimate_check.py", "estimate_check")
+    out = tmp_path / "check.json"
+    assert check.main(["--preset", "smoke", "--limit", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["runs"] == 2 and report["estimated_seconds"] > 0 and report["measured_seconds"] > 0
+    assert report["estimate_over_measured"] == pytest.approx(
+        report["estimated_seconds"] / report["measured_seconds"], rel=0.01)
+    assert "estimate/measured" in capsys.readouterr().out
+    assert check.main(["--limit", "0"]) == 2
+
+
+def test_the_progress_bar_shows_the_estimate_until_a_task_finishes(capsys):
+    from reprolib.executors import progress_bar
+
+    with progress_bar(4, True, estimate_seconds=3600.0) as bar:
+        assert bar.postfix == "estimated 60.0 min left"
+        bar.update(2)                      # a task finished: tqdm's own rate from here on
+        assert not bar.postfix
+    assert "estimated 60.0 min left" in capsys.readouterr().err
+    with progress_bar(4, True) as bar:     # no estimate: the plain bar
+        assert not bar.postfix
+    with progress_bar(4, False, estimate_seconds=10.0) as bar:
+        assert bar.disable
