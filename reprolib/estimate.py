@@ -335,6 +335,12 @@ def estimate_sweep(cells: Sequence[RunConfig], out_dir, execution: Execution | N
     if not todo:
         return {"seconds": 0.0, "runs_to_train": 0, "runs_finished": len(cells), "cohorts": 0,
                 "teacher_seconds": 0.0, "calibration": None}
+    if any(steps_per_epoch(c) is None for c in todo):
+        # The paper world's pool is whatever the ImageNet folder holds: not known from the config.
+        return {"seconds": None, "runs_to_train": len(todo), "runs_finished": len(cells) - len(todo),
+                "cohorts": len(group_cohorts(todo)), "teacher_seconds": None, "calibration": None,
+                "why_none": "the training-set size is not known from the config (the paper world's pool "
+                            "is what its image folder holds), so the steps cannot be counted"}
     cal = calibration or calibrate(todo, execution, steps=steps, teacher_training=need_teacher)
     cohorts = group_cohorts(todo)
     need_teacher = need_teacher and count_teacher
@@ -352,6 +358,8 @@ def describe(estimate: dict[str, Any]) -> str:
 
     if not estimate["runs_to_train"]:
         return f"nothing to train: all {estimate['runs_finished']} runs are finished"
+    if estimate["seconds"] is None:
+        return f"no time estimate for {estimate['runs_to_train']} runs: {estimate['why_none']}"
     cal = estimate["calibration"]
     text = (f"estimated {duration(estimate['seconds'])} for {estimate['runs_to_train']} runs in "
             f"{estimate['cohorts']} cohorts on {estimate['workers']} worker(s) ({cal['device']}, "
@@ -392,4 +400,5 @@ def estimate_book(preset: str, execution: Execution | None = None, *, world: str
         found[grid.name] = estimate_sweep(cells, folder, execution, workers=workers, steps=steps,
                                           count_teacher=teacher not in teachers)
         teachers.add(teacher)
-    return {"grids": found, "seconds": round(sum(e["seconds"] for e in found.values()), 1)}
+    known = [e["seconds"] for e in found.values() if e["seconds"] is not None]
+    return {"grids": found, "seconds": round(sum(known), 1) if len(known) == len(found) else None}

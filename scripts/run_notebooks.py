@@ -93,6 +93,9 @@ def print_estimate(preset: str, params: dict) -> None:
     except Exception as e:  # noqa: BLE001 - an estimate is a courtesy, never a reason to stop
         print(f"no time estimate ({type(e).__name__}: {e})", flush=True)
         return
+    if est["seconds"] is None:
+        print("no time estimate for the book: " + "; ".join(describe(e) for e in est["grids"].values()), flush=True)
+        return
     print(f"estimated training still to do for the book ({preset}): {duration(est['seconds'])} "
           f"(chapters 2 and 5-7's analyses not included; estimate_seconds={est['seconds']})", flush=True)
     for name, e in est["grids"].items():

@@ -153,3 +153,11 @@ def test_the_progress_bar_shows_the_estimate_until_a_task_finishes(capsys):
         assert not bar.postfix
     with progress_bar(4, False, estimate_seconds=10.0) as bar:
         assert bar.disable
+
+
+def test_the_paper_world_says_why_it_has_no_estimate(tmp_path):
+    cells = expand_grid("smoke", "paper")
+    est = estimate.estimate_sweep(cells, tmp_path / "s", workers=1, calibration=_cal())
+    assert est["seconds"] is None and est["runs_to_train"] == len(cells)
+    assert "training-set size is not known" in estimate.describe(est)
+    json.dumps(est, allow_nan=False)
