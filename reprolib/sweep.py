@@ -241,7 +241,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
                  for group in groups]
         estimated = None
         if progress and plan.todo and run_fn is None:
-            estimated = _estimate(plan.todo, out_dir, execution, workers if split else 1, workers)
+            estimated = _estimate(plan.todo, out_dir, execution, workers, split)
         with progress_bar(len(plan.todo), progress, estimated) as bar:
             if backend == "serial":
                 statuses = run_serial(tasks, execution, run_fn, workers, bar, cohort=cohort)
@@ -275,12 +275,12 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
     return results
 
 
-def _estimate(todo: list[RunConfig], out_dir: Path, execution: Execution, parts: int, workers: int) -> float | None:
+def _estimate(todo: list[RunConfig], out_dir: Path, execution: Execution, workers: int, split: bool) -> float | None:
     """The estimated seconds of ``todo`` (said on stderr), or None where it cannot be made."""
     from .estimate import describe, estimate_sweep
 
     try:
-        est = estimate_sweep(todo, out_dir, execution, workers=workers, split=parts > 1)
+        est = estimate_sweep(todo, out_dir, execution, workers=workers, split=split)
     except Exception as e:  # noqa: BLE001 - an estimate is a courtesy, never a reason to stop
         _log(f"no time estimate ({type(e).__name__}: {e})")
         return None
@@ -441,10 +441,12 @@ def _k_over_d(cfg: RunConfig) -> float | None:
 
 
 def _cli_sweep(args: argparse.Namespace) -> int:
-    out = args.out or cache_dir("sweeps", f"{args.world}-{args.preset}")
     execution = Execution(device=args.device, threads=args.threads, precision=args.precision,
                           compile=args.compile)
-    if getattr(args, "dry_run", False):
+    if getattr(args, "dry_run", False):   # writes nothing, not even the default folder
+        from .io import cache_root
+
+        out = Path(args.out) if args.out else cache_root() / "sweeps" / f"{args.world}-{args.preset}"
         summary = plan_summary(args.preset, args.world, args.limit, args.variant)
         if not args.no_estimate:
             from .estimate import describe, estimate_sweep
@@ -457,6 +459,7 @@ def _cli_sweep(args: argparse.Namespace) -> int:
             _log(describe(summary["estimate"]))
         io.print_json(summary)
         return 0
+    out = args.out or cache_dir("sweeps", f"{args.world}-{args.preset}")
     results = run_sweep(args.preset, out, execution=execution, world=args.world, backend=args.backend,
                         workers=cpu_count() if args.workers is None else args.workers,
                         run_fn=getattr(args, "run_fn", None), progress=not args.no_progress,
