@@ -71,16 +71,22 @@ class Calibration:
         return d
 
 
-def _timed(fn, repeat: int, sync) -> float:
-    """Median wall seconds of ``fn()`` over ``repeat`` calls, after one warm-up call."""
+def _timed(fn, repeat: int, sync, min_seconds: float = 0.3) -> float:
+    """Median wall seconds of one ``fn()`` call, over at least ``repeat`` calls and at
+    least ``min_seconds`` of calls, after two warm-up calls (a first call of a fresh
+    model is slower: allocator, kernel selection). A step of a small student takes
+    milliseconds; timing a few alone gave estimates that differed by 20 %."""
+    fn()
     fn()
     sync()
-    times = []
-    for _ in range(repeat):
+    times: list[float] = []
+    total = 0.0
+    while len(times) < repeat or total < min_seconds:
         t0 = time.perf_counter()
         fn()
         sync()
         times.append(time.perf_counter() - t0)
+        total += times[-1]
     times.sort()
     return times[len(times) // 2]
 
@@ -101,11 +107,11 @@ def _teacher_module(cfg: RunConfig):
     return FrozenTeacher(model, cfg.data.subtask_classes)
 
 
-def calibrate(cfgs: Sequence[RunConfig], execution: Execution | None = None, *, steps: int = 3,
+def calibrate(cfgs: Sequence[RunConfig], execution: Execution | None = None, *, steps: int = 5,
               teacher_training: bool = False) -> Calibration:
     """Measure the costs :func:`estimate_sweep` needs for ``cfgs`` (which share a world
     and teacher) under ``execution``; ``steps`` timed repetitions of each (after one
-    warm-up). Sets the torch thread count to ``execution.threads`` while it runs.
+    warm-ups). Sets the torch thread count to ``execution.threads`` while it runs.
     ``teacher_training``: also time the mini teacher's training step."""
     import torch
 
@@ -305,7 +311,7 @@ def makespan_seconds(tasks: Sequence[Sequence[RunConfig]], workers: int, cal: Ca
 
 def estimate_sweep(cells: Sequence[RunConfig], out_dir, execution: Execution | None = None, *,
                    workers: int = 1, split: bool = True, calibration: Calibration | None = None,
-                   steps: int = 3, count_teacher: bool = True) -> dict[str, Any]:
+                   steps: int = 5, count_teacher: bool = True) -> dict[str, Any]:
     """The estimated time of what is not yet finished of ``cells`` in ``out_dir``, on
     ``workers`` (each with ``execution.threads``, default ``cpu_count // workers``).
 
@@ -372,7 +378,7 @@ def describe(estimate: dict[str, Any]) -> str:
 
 
 def estimate_book(preset: str, execution: Execution | None = None, *, world: str = "mini",
-                  workers: int = 2, steps: int = 3) -> dict[str, Any]:
+                  workers: int = 2, steps: int = 5) -> dict[str, Any]:
     """The estimated training time of the book's sweeps at ``preset`` (chapter 4's main
     grid, its side grids and the contrast world, each in its folder of the cache), on
     ``workers`` as chapter 4 runs them: ``{"grids": {name: estimate}, "seconds"}``. The

@@ -58,13 +58,16 @@ class TeacherConfig:
     ImageNet ResNet-101, trained with crops, whose role here is only "a converged
     foundation model that never saw the artifact".
 
-    ``precision``: ``"fp32"`` (the default, so the teacher is the same model on
-    every CPU) or ``"bf16"`` (autocast forward; weights, optimiser and loss in
+    ``precision``: ``"fp32"`` (the default) or ``"bf16"`` (autocast forward; weights, optimiser and loss in
     fp32), which is about 2x faster on CPUs with native bf16 (AVX512-BF16, AMX: one
     step at batch 128 on a Zen 4 EPYC with AVX512-BF16, 2 threads: 0.19 s bf16,
     0.36-0.41 s fp32) and refused elsewhere, where it is emulated and 12x slower
     (an AVX2-only AMD EPYC: 0.43 s fp32, 5.4 s bf16; :func:`reprolib.devices.check_cpu_bf16`).
-    The book's teachers are trained in fp32, so that they are the same on every CPU.
+    The book's teachers are trained in fp32. That does not make them bitwise the same
+    on every CPU: fp32 kernels differ with the instruction set (the ``10-epoch``
+    teacher scored 0.9372 ten-class test accuracy on Zen 4 EPYCs with AVX-512 and
+    0.9377 on an AVX2-only EPYC, 2026-12-07): the book is bitwise reproducible on
+    the same kind of CPU, not across instruction sets. bf16 would add a second difference.
     """
 
     epochs: int = 1
