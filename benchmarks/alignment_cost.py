@@ -10,9 +10,9 @@ beside output-only KD, and
   (process CPU time on the CPU, so the machine's load does not count; wall time
   on CUDA), so the ratios to KD are measured in one run under the same load;
 * **peak memory** of a training step: on CUDA ``torch.cuda.max_memory_allocated``
-  (reset per configuration); on the CPU the growth of the peak resident set over
-  the process's state before the first step, measured in a fresh process per
-  configuration (a process's peak never goes down).
+  (reset per configuration); on the CPU the peak resident set during three steps
+  over the resident set before them (the peak reset through
+  ``/proc/self/clear_refs``), measured in a fresh process per configuration.
 
 The mini pair has one residual block per stage, so "every residual block" is 4
 pairs; the 8 pairs add each block's first convolution (``layerN.0.conv1``, before
@@ -119,10 +119,28 @@ def peak_memory_one(method: str, n: int, args) -> int:
             cohort.step(x, y)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated(cohort.dev) - base
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import gc
+
+    gc.collect()
+    # Linux: writing 5 to clear_refs resets the peak resident set (VmHWM) to the current one, so
+    # the peak below is that of the steps alone, not of the set-up (subspace fit, data) before them.
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        base, peak_key = _status_kib("VmRSS"), "VmHWM"
+    except OSError:   # not Linux, or not allowed: the process's peak so far (may hide the steps' peak)
+        base, peak_key = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, None
     for x, y in batches:
         cohort.step(x, y)
-    return 1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)   # ru_maxrss: KiB on Linux
+    peak = _status_kib(peak_key) if peak_key else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return 1024 * max(0, peak - base)
+
+
+def _status_kib(key: str) -> int:
+    """A ``kB`` field of /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise OSError(f"no {key} in /proc/self/status")
 
 
 def peak_memory(args) -> dict[tuple[str, int], int]:
@@ -180,7 +198,7 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "device": args.device, "preset": args.preset,
               "clock": "wall" if args.device.startswith("cuda") else "process CPU",
               "memory": None if args.no_memory else (
-                  "max_memory_allocated" if args.device.startswith("cuda") else "peak RSS growth, a process per case"),
+                  "max_memory_allocated" if args.device.startswith("cuda") else "peak RSS during the steps over RSS before them, a process per case"),
               "pairs": {n: [list(p) for p in PAIRS[n]] for n in COUNTS}, "steps": args.steps,
               "rounds": args.rounds, "rows": rows}
     if args.out:
