@@ -30,10 +30,8 @@ import argparse
 import json
 import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +44,10 @@ from reprolib.cohort import Cohort  # noqa: E402
 from reprolib.config import LAYER_METHODS, make_config  # noqa: E402
 from reprolib.devices import Execution  # noqa: E402
 from reprolib.io import write_json  # noqa: E402
+
+if str(Path(__file__).resolve().parent) not in sys.path:   # its sibling, benchmarks/step_time.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_time import time_cohorts  # noqa: E402
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 PAIRS = {
@@ -70,35 +72,9 @@ def cases(args) -> list[tuple[str, int]]:
 
 
 def time_steps(args) -> dict[tuple[str, int], float]:
-    """Median seconds per training step of every case, measured round-robin."""
+    """Median seconds per training step of every case, measured round-robin (step_time's loop)."""
     execution = Execution(device=args.device)
-    cohorts = {c: Cohort([config(*c, args)], execution) for c in cases(args)}
-    first = next(iter(cohorts.values()))
-    batches = []
-    for x, y, *_ in first._batches():
-        batches.append((x, y))
-        if len(batches) == args.steps:
-            break
-    for c in cohorts.values():      # warm-up: allocator, oneDNN primitives
-        for m in c.members:
-            m.student.train(), m.method.train()
-        for x, y in batches[:2]:
-            c.step(x, y)
-    cuda = first.dev.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    clock = time.perf_counter if cuda else time.process_time
-    times: dict[tuple[str, int], list[float]] = {c: [] for c in cohorts}
-    for _ in range(args.rounds):
-        for case, c in cohorts.items():
-            sync()
-            t0 = clock()
-            for x, y in batches:
-                c.step(x, y)
-            sync()
-            times[case].append((clock() - t0) / len(batches))
-    for c in cohorts.values():
-        c.close()
-    return {case: statistics.median(v) for case, v in times.items()}
+    return time_cohorts({c: Cohort([config(*c, args)], execution) for c in cases(args)}, args.steps, args.rounds)
 
 
 def peak_memory_one(method: str, n: int, args) -> int:

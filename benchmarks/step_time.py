@@ -43,6 +43,40 @@ from reprolib.errors import ReproError  # noqa: E402
 from reprolib.methods import METHODS  # noqa: E402
 
 
+def time_cohorts(cohorts: dict, steps: int, rounds: int) -> dict:
+    """Median seconds per training step of each cohort of ``cohorts`` (any keys): the same
+    ``steps`` pre-drawn batches for all, two warm-up steps each, then ``rounds`` rounds
+    round-robin, so that the ratios are measured under the same load. CPU time of this
+    process on the CPU (the shared machine's load does not count); wall time on CUDA.
+    Closes the cohorts."""
+    some = next(iter(cohorts.values()))
+    batches = []
+    for x, y, *_ in some._batches():
+        batches.append((x, y))
+        if len(batches) == steps:
+            break
+    for c in cohorts.values():      # warm-up: allocator, oneDNN primitives
+        for m in c.members:
+            m.student.train(), m.method.train()
+        for x, y in batches[:2]:
+            c.step(x, y)
+    cuda = some.dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    clock = time.perf_counter if cuda else time.process_time
+    times: dict = {k: [] for k in cohorts}
+    for _ in range(rounds):
+        for k, c in cohorts.items():
+            sync()
+            t0 = clock()
+            for x, y in batches:
+                c.step(x, y)
+            sync()
+            times[k].append((clock() - t0) / len(batches))
+    for c in cohorts.values():
+        c.close()
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def time_steps(args, precision: str) -> tuple[dict[str, float], Cohort]:
     """Median seconds per training step of every method, under ``precision``."""
     extra = {"teacher_recipe": args.teacher_recipe} if args.teacher_recipe else {}
@@ -52,31 +86,7 @@ def time_steps(args, precision: str) -> tuple[dict[str, float], Cohort]:
                           lambda_layer=0.0 if m == "kd" else args.lambda_layer, **extra)
         cohorts[m] = Cohort([cfg], Execution(device=args.device, precision=precision))
     some = next(iter(cohorts.values()))
-    batches = []
-    for x, y, *_ in some._batches():
-        batches.append((x, y))
-        if len(batches) == args.steps:
-            break
-    for c in cohorts.values():      # warm-up: allocator, oneDNN primitives
-        for m in c.members:
-            m.student.train(), m.method.train()
-        for x, y in batches[:2]:
-            c.step(x, y)
-    sync = torch.cuda.synchronize if some.dev.type == "cuda" else (lambda: None)
-    # CPU time of this process on the CPU (the shared machine's load does not count); wall on CUDA.
-    clock = time.perf_counter if some.dev.type == "cuda" else time.process_time
-    times: dict[str, list[float]] = {m: [] for m in cohorts}
-    for _ in range(args.rounds):
-        for m, c in cohorts.items():
-            sync()
-            t0 = clock()
-            for x, y in batches:
-                c.step(x, y)
-            sync()
-            times[m].append((clock() - t0) / len(batches))
-    for c in cohorts.values():
-        c.close()
-    return {m: statistics.median(v) for m, v in times.items()}, some
+    return time_cohorts(cohorts, args.steps, args.rounds), some
 
 
 def main(argv=None) -> int:
