@@ -57,6 +57,8 @@ class Calibration:
     subspace_seconds_per_image: float | None  # relevant-subspace fit, per training image
     teacher_train_seconds_per_step: float | None  # the mini teacher's own training step (when not cached)
     calibration_seconds: float
+    teacher: str = ""                       # the teacher (and its recipe) it measured
+    teacher_recipe: str = ""
 
     def step(self, cfg: RunConfig) -> float:
         return self.step_seconds[f"{cfg.method}/{cfg.student}"]
@@ -225,7 +227,8 @@ def _calibrate(cfgs: list[RunConfig], execution: Execution, steps: int, teacher_
     return Calibration(device=str(dev), threads=threads, precision=execution.precision, step_seconds=step_s,
                        eval_seconds_per_image=eval_s, teacher_seconds_per_image=teacher_s,
                        subspace_seconds_per_image=subspace_s, teacher_train_seconds_per_step=train_step,
-                       calibration_seconds=time.perf_counter() - start)
+                       calibration_seconds=time.perf_counter() - start, teacher=cfg0.teacher,
+                       teacher_recipe=cfg0.teacher_recipe)
 
 
 def _teacher_train_step(cfg: RunConfig, steps: int) -> float | None:
@@ -311,13 +314,16 @@ def makespan_seconds(tasks: Sequence[Sequence[RunConfig]], workers: int, cal: Ca
 
 def estimate_sweep(cells: Sequence[RunConfig], out_dir, execution: Execution | None = None, *,
                    workers: int = 1, split: bool = True, calibration: Calibration | None = None,
-                   steps: int = 5, count_teacher: bool = True) -> dict[str, Any]:
+                   steps: int = 5, count_teacher: bool = True,
+                   reuse: list[Calibration] | None = None) -> dict[str, Any]:
     """The estimated time of what is not yet finished of ``cells`` in ``out_dir``, on
     ``workers`` (each with ``execution.threads``, default ``cpu_count // workers``).
 
     Returns ``{"seconds", "runs_to_train", "runs_finished", "cohorts", "teacher_seconds",
     "calibration"}``; ``seconds`` includes training the mini teacher when it is not
-    cached (unless ``count_teacher=False``: another grid already counts it). Nothing is
+    cached (unless ``count_teacher=False``: another grid already counts it). ``reuse``: a
+    list of earlier calibrations, one of which is used when it measured everything these
+    cells need on this execution; a new calibration is appended to it. Nothing is
     trained or written.
     """
     from pathlib import Path
@@ -347,7 +353,11 @@ def estimate_sweep(cells: Sequence[RunConfig], out_dir, execution: Execution | N
                 "cohorts": len(group_cohorts(todo)), "teacher_seconds": None, "calibration": None,
                 "why_none": "the training-set size is not known from the config (the paper world's pool "
                             "is what its image folder holds), so the steps cannot be counted"}
-    cal = calibration or calibrate(todo, execution, steps=steps, teacher_training=need_teacher)
+    cal = calibration or next((c for c in (reuse or []) if _covers(c, todo, execution, need_teacher)), None)
+    if cal is None:
+        cal = calibrate(todo, execution, steps=steps, teacher_training=need_teacher)
+        if reuse is not None:
+            reuse.append(cal)
     cohorts = group_cohorts(todo)
     need_teacher = need_teacher and count_teacher
     tasks = plan_tasks(cohorts, workers if split else 1)
@@ -356,6 +366,17 @@ def estimate_sweep(cells: Sequence[RunConfig], out_dir, execution: Execution | N
     return {"seconds": round(seconds, 1), "runs_to_train": len(todo), "runs_finished": len(cells) - len(todo),
             "cohorts": len(cohorts), "tasks": len(tasks), "workers": workers,
             "teacher_seconds": round(teacher_s, 1), "calibration": cal.to_dict()}
+
+
+def _covers(cal: Calibration, cfgs: Sequence[RunConfig], execution: Execution, teacher: bool) -> bool:
+    """Whether ``cal`` measured everything ``cfgs`` need, under ``execution``."""
+    cfg0 = cfgs[0]
+    return ((cal.device, cal.threads, cal.precision) == (execution.device, execution.threads, execution.precision)
+            and cal.teacher == cfg0.teacher and (not teacher or cal.teacher_recipe == cfg0.teacher_recipe)
+            and all(f"{c.method}/{c.student}" in cal.step_seconds and c.student in cal.eval_seconds_per_image
+                    for c in cfgs)
+            and (cal.subspace_seconds_per_image is not None or all(c.method != "subdistill" for c in cfgs))
+            and (cal.teacher_train_seconds_per_step is not None or not teacher))
 
 
 def describe(estimate: dict[str, Any]) -> str:
@@ -395,6 +416,7 @@ def estimate_book(preset: str, execution: Execution | None = None, *, world: str
         contrast = precondition.contrast_grid(preset if preset == "smoke" else "quick")
         grids.append((contrast, out.parent / f"{out.name}-contrast"))
     found: dict[str, Any] = {}
+    calibrations: list[Calibration] = []    # grids with the same models share one calibration
     teachers: set[str] = set()
     counted: set[tuple[str, str]] = set()   # a cell that two grids share in one folder is priced once
     for grid, folder in grids:
@@ -404,7 +426,7 @@ def estimate_book(preset: str, execution: Execution | None = None, *, world: str
             continue
         teacher = f"{cells[0].teacher}/{cells[0].teacher_recipe}"
         found[grid.name] = estimate_sweep(cells, folder, execution, workers=workers, steps=steps,
-                                          count_teacher=teacher not in teachers)
+                                          count_teacher=teacher not in teachers, reuse=calibrations)
         teachers.add(teacher)
     known = [e["seconds"] for e in found.values() if e["seconds"] is not None]
     return {"grids": found, "seconds": round(sum(known), 1) if len(known) == len(found) else None}

@@ -100,19 +100,29 @@ def test_the_book_estimate_prices_each_teacher_and_shared_cell_once(monkeypatch,
 
     # No teacher is cached (whatever earlier tests trained): each must be priced, once.
     monkeypatch.setattr(teacher, "teacher_dir", lambda tcfg: tmp_path / "no-teacher" / tcfg.key())
-    def fake_calibrate(cfgs, *a, teacher_training=False, **k):
+    calls = []
+
+    def fake_calibrate(cfgs, execution, *a, teacher_training=False, **k):
+        calls.append(sorted({c.student for c in cfgs}))
         return _cal(step_seconds={f"{c.method}/{c.student}": 0.03 for c in cfgs},
                     eval_seconds_per_image={c.student: 1e-4 for c in cfgs},
-                    teacher_train_seconds_per_step=0.4 if teacher_training else None)
+                    teacher_train_seconds_per_step=0.4 if teacher_training else None,
+                    threads=execution.threads, precision=execution.precision,
+                    teacher=cfgs[0].teacher, teacher_recipe=cfgs[0].teacher_recipe)
 
     monkeypatch.setattr(estimate, "calibrate", fake_calibrate)
     book = estimate.estimate_book("smoke", workers=2)
+    # Grids with the same models share a calibration: the main grid's serves the calibration
+    # and contrast grids; the K/d ablation's wide student needs its own.
+    assert calls == [["mini-student"], ["mini-student-wide"]]
     assert get_grid("smoke").name in book["grids"] and len(book["grids"]) >= 3
     # The smoke book has one teacher (its contrast grid too): priced once, with the main grid.
     assert [name for name, e in book["grids"].items() if e["teacher_seconds"] > 0] == ["smoke"]
     # The quick book: the main world's teacher once (its side grids share it), the contrast
     # world's one-epoch teacher once.
     quick = estimate.estimate_book("quick", workers=2)
+    # ... and the contrast world's teacher, another recipe to train, is calibrated anew.
+    assert calls[2:] == [["mini-student"], ["mini-student-wide"], ["mini-student"]]
     assert [name for name, e in quick["grids"].items() if e["teacher_seconds"] > 0] == [
         "quick", "contrast-one-epoch-teacher"]
     # The calibration grid's cells that are the quick grid's own (same folder) are priced once.
