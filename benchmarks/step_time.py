@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,43 +36,10 @@ import torch  # noqa: E402
 
 from reprolib.cohort import Cohort  # noqa: E402
 from reprolib.config import make_config  # noqa: E402
+from reprolib.cost import median_times, time_cohorts  # noqa: E402
 from reprolib.devices import PRECISIONS, Execution, native_bf16, resolve_device  # noqa: E402
 from reprolib.errors import ReproError  # noqa: E402
 from reprolib.methods import METHODS  # noqa: E402
-
-
-def time_cohorts(cohorts: dict, steps: int, rounds: int) -> dict:
-    """Median seconds per training step of each cohort of ``cohorts`` (any keys): the same
-    ``steps`` pre-drawn batches for all, two warm-up steps each, then ``rounds`` rounds
-    round-robin, so that the ratios are measured under the same load. CPU time of this
-    process on the CPU (the shared machine's load does not count); wall time on CUDA.
-    Closes the cohorts."""
-    some = next(iter(cohorts.values()))
-    batches = []
-    for x, y, *_ in some._batches():
-        batches.append((x, y))
-        if len(batches) == steps:
-            break
-    for c in cohorts.values():      # warm-up: allocator, oneDNN primitives
-        for m in c.members:
-            m.student.train(), m.method.train()
-        for x, y in batches[:2]:
-            c.step(x, y)
-    cuda = some.dev.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    clock = time.perf_counter if cuda else time.process_time
-    times: dict = {k: [] for k in cohorts}
-    for _ in range(rounds):
-        for k, c in cohorts.items():
-            sync()
-            t0 = clock()
-            for x, y in batches:
-                c.step(x, y)
-            sync()
-            times[k].append((clock() - t0) / len(batches))
-    for c in cohorts.values():
-        c.close()
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def time_steps(args, precision: str) -> tuple[dict[str, float], Cohort]:
@@ -86,7 +51,7 @@ def time_steps(args, precision: str) -> tuple[dict[str, float], Cohort]:
                           lambda_layer=0.0 if m == "kd" else args.lambda_layer, **extra)
         cohorts[m] = Cohort([cfg], Execution(device=args.device, precision=precision))
     some = next(iter(cohorts.values()))
-    return time_cohorts(cohorts, args.steps, args.rounds), some
+    return median_times(time_cohorts(cohorts, args.steps, args.rounds)), some
 
 
 def main(argv=None) -> int:

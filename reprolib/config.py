@@ -47,6 +47,15 @@ PAPER_SUBTASK = (129, 130, 134, 135, 138)
 
 MINI_LAYER_PAIRS = (("layer1", "layer1"), ("layer2", "layer2"),
                     ("layer3", "layer3"), ("layer4", "layer4"))
+# The mini pair's aligned layers by their number (the book's "Beyond the paper" part): the deepest
+# pair, the two deepest, every stage's output (the default) and, since each stage has one residual
+# block, those four plus each block's first convolution (``layerN.0.conv1``, before its batch norm).
+MINI_PAIR_SETS = {
+    1: MINI_LAYER_PAIRS[-1:],
+    2: MINI_LAYER_PAIRS[-2:],
+    4: MINI_LAYER_PAIRS,
+    8: tuple(p for s, _ in MINI_LAYER_PAIRS for p in ((f"{s}.0.conv1", f"{s}.0.conv1"), (s, s))),
+}
 # §2.3: resnet101 -> timm mobilenetv4_conv_small.
 MOBILENET_LAYER_PAIRS = (("layer1", "blocks.1.1"), ("layer2", "blocks.2.3"),
                          ("layer3", "blocks.3.1"), ("layer4", "blocks.3.5"))

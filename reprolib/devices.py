@@ -141,6 +141,20 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return set()
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the machine type where it cannot be read."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def native_bf16(flags: set[str] | None = None) -> list[str]:
     """The CPU flags that give native bf16 arithmetic (empty list: none)."""
     flags = cpu_flags() if flags is None else flags

@@ -401,9 +401,12 @@ def describe(estimate: dict[str, Any]) -> str:
 def estimate_book(preset: str, execution: Execution | None = None, *, world: str = "mini",
                   workers: int = 2, steps: int = 5) -> dict[str, Any]:
     """The estimated training time of the book's sweeps at ``preset`` (chapter 4's main
-    grid, its side grids and the contrast world, each in its folder of the cache), on
-    ``workers`` as chapter 4 runs them: ``{"grids": {name: estimate}, "seconds"}``. The
-    analyses of chapters 2, 5-7 (subspaces, t-SNE, LRP) are not priced."""
+    grid, its side grids and the contrast world, and chapter 8's aligned-layers grid, each
+    in its folder of the cache), on ``workers`` as chapter 4 runs them: ``{"grids": {name:
+    estimate}, "seconds"}``. The analyses of chapters 2, 5-7 (subspaces, t-SNE, LRP) and
+    chapter 9's cost measurement are not priced. A calibration is keyed by method and
+    student, not by the layer pairs: chapter 8's runs with 1 or 2 pairs are priced at the
+    4-pair step (an upper bound, a few per cent: chapter 9 measures the difference)."""
     from . import precondition
     from .grids import expand_grid, get_grid, grid_for
     from .io import cache_dir
@@ -412,7 +415,7 @@ def estimate_book(preset: str, execution: Execution | None = None, *, world: str
     out = cache_dir("sweeps") / f"{world}-{preset}"
     grids = [(main, out)]
     if world == "mini":
-        grids += [(grid_for(name, preset), out) for name in ("calibration", "kd-ablation")]
+        grids += [(grid_for(name, preset), out) for name in ("calibration", "kd-ablation", "aligned-layers")]
         contrast = precondition.contrast_grid(preset if preset == "smoke" else "quick")
         grids.append((contrast, out.parent / f"{out.name}-contrast"))
     found: dict[str, Any] = {}

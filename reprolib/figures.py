@@ -560,3 +560,71 @@ def lrp_grid(images, heatmaps: Mapping[str, np.ndarray], rho: float, methods: Se
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 0.96 if title else 1))
     return fig
+
+
+def _pairs_axis(ax, counts) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(counts)
+    ax.set_xticklabels([str(int(c)) for c in counts])
+    ax.minorticks_off()
+    ax.set_xlabel("aligned layer pairs (log scale)")
+
+
+def alignment_cost(report):
+    """What deeper alignment costs (:func:`reprolib.cost.alignment_cost`'s report): (a) the
+    training step's time as a ratio to output-only KD's, (b) the step's peak memory, each
+    against the number of aligned layer pairs per layer method; bars span the range over
+    rounds (time) and over repeats (memory); KD is the black dashed line."""
+    rows = report["rows"]
+    memory = all("peak_step_mib" in r for r in rows)
+    fig, axes = _subplots(1, 2 if memory else 1, figsize=(9.4 if memory else 5.2, 3.6))
+    kd = next(r for r in rows if r["method"] == "kd")
+    counts = sorted({r["pairs"] for r in rows if r["method"] != "kd"})
+    panels = [("step_ratio_to_kd", "step_ratio_min", "step_ratio_max", 1.0, "training step time / output-only KD's")]
+    if memory:
+        panels.append(("peak_step_mib", "peak_step_mib_min", "peak_step_mib_max", kd["peak_step_mib"],
+                       "peak memory of a training step (MiB)"))
+    for ax, (mid, low, high, kd_value, ylabel), letter in zip(axes[0], panels, "ab"):
+        for method in _methods({"method": [r["method"] for r in rows if r["method"] != "kd"]}):
+            mine = sorted((r for r in rows if r["method"] == method and r[mid] is not None), key=lambda r: r["pairs"])
+            x = [r["pairs"] for r in mine]
+            y = np.array([r[mid] for r in mine], dtype=float)
+            err = np.array([[r[mid] - r[low] for r in mine], [r[high] - r[mid] for r in mine]], dtype=float)
+            ax.errorbar(x, y, yerr=np.clip(err, 0, None), capsize=3, label=method_label(method), **method_style(method))
+        ax.axhline(kd_value, color="black", linestyle="--", linewidth=1.2, label=method_label("kd"))
+        _pairs_axis(ax, counts)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"({letter})", loc="left")
+    axes[0, 0].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_pairs(summary, selection: str | None = "oracle", chance: float = 0.2):
+    """Test accuracy against the number of aligned layer pairs, one panel per ρ: each layer
+    method at its λ selected per count (mean ± std over seeds); output-only KD, which aligns
+    no layer, as a black dashed line with its ± std band. ``summary``: a
+    :func:`reprolib.results.select_lambda` table with ``layer_pair_count`` (0 for KD)."""
+    d = _select(summary, selection)
+    rhos = sorted(d["rho"].astype(float).unique())
+    fig, axes = _subplots(1, len(rhos), figsize=(4.0 * len(rhos) + 0.6, 3.6), sharey=True)
+    counts = sorted(int(c) for c in d.loc[d["layer_pair_count"] > 0, "layer_pair_count"].unique())
+    for ax, rho in zip(axes[0], rhos):
+        at_rho = d[(d["rho"].astype(float) - rho).abs() < 1e-9]
+        layer = at_rho[at_rho["layer_pair_count"] > 0]
+        for method in _methods(layer):
+            g = layer[layer["method"] == method].sort_values("layer_pair_count")
+            ax.errorbar(g["layer_pair_count"], g["test_accuracy_mean"], yerr=_std(g["test_accuracy_std"]), capsize=3,
+                        label=method_label(method), **method_style(method))
+        kd = at_rho[at_rho["method"] == "kd"]
+        if len(kd):
+            mean, std = float(kd["test_accuracy_mean"].iloc[0]), float(np.nan_to_num(kd["test_accuracy_std"].iloc[0]))
+            ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, label=method_label("kd") + " (no layer pairs)")
+            ax.axhspan(mean - std, mean + std, color="black", alpha=0.08, linewidth=0)
+        ax.axhline(chance, color="#777777", linestyle=":", linewidth=1)
+        _pairs_axis(ax, counts)
+        ax.set_title(f"ρ = {rho:g}")
+    axes[0, 0].set_ylabel("test accuracy")
+    axes[0, -1].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .config import METHODS, RunConfig, make_config, split_sizes
+from .config import METHODS, MINI_PAIR_SETS, RunConfig, make_config, split_sizes
 from .errors import ReproError
 
 # D6: the paper's λ grid.
@@ -153,6 +153,15 @@ SWEEP_PRESETS: dict[str, SweepGrid] = {
         rhos=(0.0, 1.0), seeds=(1, 2, 3), lambdas=(AUTHORS_LAMBDA,),
         overrides={"student": "mini-student-wide"},
         note="the wide student (K/d = 0.5) with kd and subdistill at lambda 100; compare with the quick grid's lambda-100 cells (K/d = 0.25)"),
+    # Beyond the paper, chapter 9: how many aligned layers? SubDistill and AT with the deepest
+    # pair, the two deepest and every stage's output (the book's default: these cells are the
+    # quick grid's own, reused), λ selected per pair count from the quick grid's four decades
+    # (the layer term is a sum over pairs, so one λ does not fit every count).
+    "aligned-layers": SweepGrid(
+        name="aligned-layers", run_preset="quick", methods=("at", "subdistill"),
+        rhos=(0.0, 1.0), seeds=(1, 2, 3), lambdas=QUICK_LAMBDAS,
+        variants=tuple({"layer_pairs": MINI_PAIR_SETS[n]} for n in (1, 2, 4)),
+        note="AT and SubDistill with 1, 2 and 4 aligned layer pairs; lambda selected from {1, 10, 100, 1000} per count"),
 }
 
 
@@ -167,6 +176,11 @@ SMOKE_SIDE_GRIDS: dict[str, SweepGrid] = {
         name="kd-ablation-smoke", run_preset="smoke", methods=("kd", "subdistill"),
         rhos=(0.0, 1.0), seeds=(1,), lambdas=(1.0,),
         overrides={"student": "mini-student-wide"}, note="smoke: the wide student"),
+    "aligned-layers": SweepGrid(
+        name="aligned-layers-smoke", run_preset="smoke", methods=("at", "subdistill"),
+        rhos=(0.0, 1.0), seeds=(1,), lambdas=(1.0,),
+        variants=tuple({"layer_pairs": MINI_PAIR_SETS[n]} for n in (1, 2, 4)),
+        note="smoke: 1, 2 and 4 pairs, one seed, one lambda"),
 }
 
 

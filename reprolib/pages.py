@@ -136,14 +136,9 @@ def hardware(device: str = "cpu", threads: int | None = None) -> str:
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + " CPU"
-    except OSError:
-        pass
-    return f"{platform.machine()} CPU"
+    from .devices import cpu_model
+
+    return cpu_model() + " CPU"
 
 
 def duration(seconds: float) -> str:

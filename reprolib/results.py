@@ -32,7 +32,7 @@ METRIC_COLUMNS = (
     "teacher_test_accuracy", "best_epoch", "optimizer_steps", "seconds",
 )
 # Cell columns (besides method and ρ) that split the λ selection when present.
-GROUP_COLUMNS = ("pool_per_class", "train_per_class", "student")
+GROUP_COLUMNS = ("pool_per_class", "train_per_class", "student", "layer_pair_count")
 # The split accuracies of the non-oracle checkpoint, where the trainer gives them.
 OPTIONAL_METRIC_COLUMNS = (
     "nonoracle_test_accuracy_with_digit", "nonoracle_test_accuracy_digit_differs",
@@ -92,6 +92,19 @@ def _share(seconds, cohort_size):
         return seconds
     size = cohort_size if isinstance(cohort_size, int) and cohort_size > 0 else 1
     return seconds / size
+
+
+def with_pair_counts(results: "pd.DataFrame", cells: Iterable[RunConfig]) -> "pd.DataFrame":
+    """``results`` with a ``layer_pair_count`` column: the number of aligned layer pairs of
+    each run's config (looked up by ``config_key`` in ``cells``; 0 for output-only KD, which
+    aligns none). :func:`select_lambda` then chooses λ per count. A run whose key is not
+    among ``cells`` is an error (the table and the grid do not belong together)."""
+    counts = {cfg.key(): (0 if cfg.method == "kd" else len(cfg.layer_pairs)) for cfg in cells}
+    missing = sorted(set(results["config_key"]) - set(counts))
+    if missing:
+        raise ReproError(f"{len(missing)} run(s) of the table are not cells of the grid (e.g. {missing[0]}); "
+                         "pass the cells the table was collected from")
+    return results.assign(layer_pair_count=[counts[k] for k in results["config_key"]])
 
 
 def write_results(results: "pd.DataFrame", out_dir: str | os.PathLike, grid: str | None = None,

@@ -992,3 +992,149 @@ def precondition_rule(rungs: Sequence[RungDrop], min_drop: float = PRECONDITION_
                               f"{fmt_points(best.mean, best.se)} (rung {best.rung!r}, oracle selection), short "
                               f"of the {min_drop * 100:g} points the rule asks for. The book runs on that rung "
                               "and judges the paper's claims against a baseline that does not take the shortcut.")
+
+
+# ---------------------------------------------------------------------------
+# Beyond the paper (the book's last part): rules stated before the studies ran.
+def _ranges_apart(low_of_high: float, high_of_low: float) -> bool:
+    """Two measured ranges are apart when the larger's minimum exceeds the smaller's maximum."""
+    return _finite(low_of_high) and _finite(high_of_low) and low_of_high > high_of_low
+
+
+def alignment_cost_growth(report) -> dict[str, dict]:
+    """Per layer method of an alignment-cost report (:func:`reprolib.cost.alignment_cost`):
+    whether its step time and its step's peak memory **grow with the number of aligned
+    pairs**. The rule: a cost grows when its smallest measurement at the largest pair
+    count (the per-round ratios to KD for time, the per-process peaks for memory)
+    exceeds its largest at the smallest count, so that the two ranges do not overlap;
+    with one round (or one repeat) the range is a point and any increase counts, which
+    the sentence says. Returns ``{method: {"low": n, "high": n, "time": bool,
+    "memory": bool | None, "ratio_low", "ratio_high", "mib_low", "mib_high"}}``."""
+    rows = [r for r in report["rows"] if r["method"] != "kd"]
+    out: dict[str, dict] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["pairs"])
+        lo, hi = mine[0], mine[-1]
+        measured = [r for r in mine if r.get("peak_step_mib") is not None]   # memory may be taken at fewer counts
+        grows_mem = mem_lo = mem_hi = None
+        if len(measured) >= 2:
+            mem_lo, mem_hi = measured[0], measured[-1]
+            grows_mem = _ranges_apart(mem_hi["peak_step_mib_min"], mem_lo["peak_step_mib_max"])
+        out[method] = {"low": lo["pairs"], "high": hi["pairs"],
+                       "time": _ranges_apart(hi["step_ratio_min"], lo["step_ratio_max"]), "memory": grows_mem,
+                       "ratio_low": lo["step_ratio_to_kd"], "ratio_high": hi["step_ratio_to_kd"],
+                       "mib_low": mem_lo and mem_lo["peak_step_mib"], "mib_high": mem_hi and mem_hi["peak_step_mib"],
+                       "mib_pairs": (mem_lo["pairs"], mem_hi["pairs"]) if mem_lo else None}
+    return out
+
+
+def _n_pairs(n: int) -> str:
+    return f"{n} layer pair" if n == 1 else f"{n} layer pairs"
+
+
+def finding_alignment_cost(report) -> str:
+    """The alignment-cost chapter's sentence, by the rule of :func:`alignment_cost_growth`:
+    which methods' step time and step memory grow with the number of aligned pairs, the
+    costliest method at the largest count (median ratio to KD), and the range of all
+    layer methods' ratios there."""
+    growth = alignment_cost_growth(report)
+    if not growth:
+        return "The report has no layer method: nothing to compare with output-only KD."
+    some = next(iter(growth.values()))
+    lo, hi = some["low"], some["high"]
+    grows = [name(m) for m, g in growth.items() if g["time"]]
+    flat = [name(m) for m, g in growth.items() if not g["time"]]
+    costliest = max(growth, key=lambda m: growth[m]["ratio_high"])
+    cheapest = min(growth, key=lambda m: growth[m]["ratio_high"])
+    single = report.get("rounds", 2) < 2
+    parts = [f"From {_n_pairs(lo)} to {_n_pairs(hi)}, the training step "
+             + (f"costs more for {_join(grows)}" if grows else "costs no more for any layer method")
+             + (f" and not measurably more for {_join(flat)}" if grows and flat else "")
+             + (" (one round: no spread, so any increase counts)" if single else
+                " (the ranges of the per-round ratios to KD do not overlap)") + "."]
+    parts.append(f"At {_n_pairs(hi)} {name(costliest)} is the costliest, {growth[costliest]['ratio_high']:.2f}× output-only "
+                 f"KD's step, and {name(cheapest)} the cheapest, {growth[cheapest]['ratio_high']:.2f}×; at "
+                 f"{_n_pairs(lo)} the layer methods take {min(g['ratio_low'] for g in growth.values()):.2f}–"
+                 f"{max(g['ratio_low'] for g in growth.values()):.2f}× KD's step.")
+    if some["memory"] is not None:
+        mem = [name(m) for m, g in growth.items() if g["memory"]]
+        kd = next((r for r in report["rows"] if r["method"] == "kd"), {})
+        kd_mib = kd.get("peak_step_mib")
+        m_lo, m_hi = some["mib_pairs"]
+        one = report.get("memory_repeats", 2) < 2
+        parts.append(f"From {_n_pairs(m_lo)} to {_n_pairs(m_hi)}, the step's peak memory "
+                     + ((f"grows for {_join(mem)}" if mem else "does not grow for any layer method")
+                        + " (one measurement per case: no spread, so any increase counts)" if one else
+                        f"grows beyond its repeat-to-repeat spread for {_join(mem)}" if mem else
+                        "does not grow beyond its repeat-to-repeat spread for any layer method")
+                     + (" (" + "; ".join(f"{name(m)} {g['mib_low']:.0f} → {g['mib_high']:.0f} MiB"
+                                         for m, g in growth.items() if g["memory"]) + ")" if mem else "")
+                     + (f"; output-only KD's step peaks at {kd_mib:.0f} MiB" if _finite(kd_mib) else "") + ".")
+    return " ".join(parts)
+
+
+MORE_HELP, FEWER_BETTER, NO_DIFFERENCE = "more pairs help", "fewer pairs do better", "no difference beyond seed noise"
+
+
+def _count_cell(summary, method: str, rho: float, count: int, selection: str) -> Cell:
+    d = summary[summary["layer_pair_count"] == count]
+    return cell(d, method, rho, selection)
+
+
+def aligned_layers_effects(summary, selection: str = "oracle") -> list[dict]:
+    """Chapter 9's rule, per (method, ρ) of a pair-count summary (:func:`reprolib.results.select_lambda`
+    of a table with ``layer_pair_count``, λ chosen per count): test accuracy with the most
+    pairs minus with the fewest, each at its own selected λ. **More pairs help** when the
+    difference exceeds its combined standard error over seeds; **fewer pairs do better**
+    when minus the difference does; otherwise **no difference beyond seed noise**. One seed
+    has no noise estimate: any difference counts, and the row says so (``n_seeds``).
+    Output-only KD (count 0) is not judged."""
+    rows = []
+    d = summary[summary["selection"] == selection] if "selection" in summary.columns else summary
+    d = d[d["layer_pair_count"] > 0]
+    for method in [m for m in dict.fromkeys(d["method"])]:
+        mine = d[d["method"] == method]
+        for rho in sorted(mine["rho"].astype(float).unique()):
+            counts = sorted(int(c) for c in mine[(mine["rho"].astype(float) - rho).abs() < 1e-9]["layer_pair_count"].unique())
+            if len(counts) < 2:
+                continue
+            few, many = _count_cell(d, method, rho, counts[0], selection), _count_cell(d, method, rho, counts[-1], selection)
+            diff, se = many.mean - few.mean, combined_se(few.se, many.se)
+            verdict = MORE_HELP if exceeds(diff, se) else FEWER_BETTER if exceeds(-diff, se) else NO_DIFFERENCE
+            rows.append({"method": method, "rho": rho, "fewest": counts[0], "most": counts[-1],
+                         "accuracy_fewest": few.mean, "accuracy_most": many.mean, "difference": diff, "se": se,
+                         "n_seeds": min(few.n, many.n), "verdict": verdict})
+    return rows
+
+
+def finding_aligned_layers(summary, selection: str = "oracle") -> str:
+    """Chapter 9's sentence: the rule of :func:`aligned_layers_effects` at every ρ, per method."""
+    rows = aligned_layers_effects(summary, selection)
+    if not rows:
+        return "The table has fewer than two pair counts per method: nothing to compare."
+    parts = []
+    for r in rows:
+        parts.append(f"{name(r['method'])} at ρ = {r['rho']:g}: {r['verdict']} ({r['most']} pairs minus "
+                     f"{r['fewest']}: {fmt_points(r['difference'], r['se'])}"
+                     + (", one seed: no noise estimate" if r["n_seeds"] < 2 else "") + ")")
+    return (f"Under the {SELECTION_NAMES.get(selection, selection)} rule, each count at its own selected λ: "
+            + "; ".join(parts) + ".")
+
+
+def aligned_layers_table(summary):
+    """Chapter 9's table: per method, ρ and pair count, the selected λ and the test accuracy
+    (mean ± standard deviation over seeds) under both selection rules."""
+    import pandas as pd
+
+    d = summary[summary["layer_pair_count"] > 0] if "layer_pair_count" in summary.columns else summary
+    rows = []
+    keys = d[["method", "rho", "layer_pair_count"]].drop_duplicates().sort_values(["method", "rho", "layer_pair_count"])
+    for _, k in keys.iterrows():
+        row = {"method": name(k["method"]), "ρ": float(k["rho"]), "pairs": int(k["layer_pair_count"])}
+        for sel, label in (("oracle", "oracle"), ("nonoracle", "non-oracle")):
+            c = _count_cell(d, k["method"], float(k["rho"]), int(k["layer_pair_count"]), sel)
+            row[f"λ ({label})"] = "–" if not _finite(c.lam) else f"{c.lam:g}"
+            row[f"test accuracy ({label})"] = "–" if not c.ok else (
+                f"{c.mean:.3f} ± {c.std:.3f}" if _finite(c.std) else f"{c.mean:.3f}")
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -97,7 +97,7 @@ def print_estimate(preset: str, params: dict) -> None:
         print("no time estimate for the book: " + "; ".join(describe(e) for e in est["grids"].values()), flush=True)
         return
     print(f"estimated training still to do for the book ({preset}): {duration(est['seconds'])} "
-          f"(chapters 2 and 5-7's analyses not included; estimate_seconds={est['seconds']})", flush=True)
+          f"(the analyses of chapters 2, 5-7 and 9 not included; estimate_seconds={est['seconds']})", flush=True)
     for name, e in est["grids"].items():
         print(f"  {name}: {describe(e)}", flush=True)
 
@@ -150,9 +150,20 @@ def main(argv=None) -> int:
     return 0
 
 
+# The results page reads what every other chapter computed (its "Beyond the paper" section
+# the studies of the last part): it is executed last, though the book shows it earlier.
+RUN_LAST = ("notebooks/07_results",)
+
+
+def execution_order(files: list[str]) -> list[str]:
+    """The table of contents' files in the order they are executed: as listed, with
+    :data:`RUN_LAST` moved to the end."""
+    return [f for f in files if f not in RUN_LAST] + [f for f in files if f in RUN_LAST]
+
+
 def run_all(papermill, toc, args, extra, kernel_manager_class) -> None:
-    """Execute the notebooks of the table of contents into the staged book."""
-    for entry in toc_files(toc):
+    """Execute the notebooks of the table of contents into the staged book (:func:`execution_order`)."""
+    for entry in execution_order(toc_files(toc)):
         src = ROOT / (entry + ".ipynb")
         if not src.is_file():
             continue   # a markdown page, already copied with book/

@@ -113,8 +113,9 @@ def test_the_book_estimate_prices_each_teacher_and_shared_cell_once(monkeypatch,
     monkeypatch.setattr(estimate, "calibrate", fake_calibrate)
     book = estimate.estimate_book("smoke", workers=2)
     # Grids with the same models share a calibration: the main grid's serves the calibration
-    # and contrast grids; the K/d ablation's wide student needs its own.
-    assert calls == [["mini-student"], ["mini-student-wide"]]
+    # and contrast grids; the K/d ablation's wide student needs its own, and so does the
+    # aligned-layers grid, whose AT the smoke grid (KD and SubDistill) did not measure.
+    assert calls == [["mini-student"], ["mini-student-wide"], ["mini-student"]]
     assert get_grid("smoke").name in book["grids"] and len(book["grids"]) >= 3
     # The smoke book has one teacher (its contrast grid too): priced once, with the main grid.
     assert [name for name, e in book["grids"].items() if e["teacher_seconds"] > 0] == ["smoke"]
@@ -122,7 +123,7 @@ def test_the_book_estimate_prices_each_teacher_and_shared_cell_once(monkeypatch,
     # world's one-epoch teacher once.
     quick = estimate.estimate_book("quick", workers=2)
     # ... and the contrast world's teacher, another recipe to train, is calibrated anew.
-    assert calls[2:] == [["mini-student"], ["mini-student-wide"], ["mini-student"]]
+    assert calls[3:] == [["mini-student"], ["mini-student-wide"], ["mini-student"]]
     assert [name for name, e in quick["grids"].items() if e["teacher_seconds"] > 0] == [
         "quick", "contrast-one-epoch-teacher"]
     # The calibration grid's cells that are the quick grid's own (same folder) are priced once.

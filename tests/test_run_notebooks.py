@@ -26,6 +26,19 @@ def test_params_are_read_as_yaml():
             mod.parse_params([bad])
 
 
+def test_the_results_page_is_executed_last():
+    """The results page reads every other chapter's results (its "Beyond the paper" section
+    those of the last part), so it runs after them, though the book lists it earlier."""
+    import yaml
+
+    mod = _module()
+    files = mod.toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text()))
+    order = mod.execution_order(files)
+    assert sorted(order) == sorted(files) and order[-1] == "notebooks/07_results"
+    assert files.index("notebooks/07_results") < files.index("notebooks/08_aligned_layers")
+    assert [f for f in order if f != "notebooks/07_results"] == [f for f in files if f != "notebooks/07_results"]
+
+
 def test_a_bad_param_stops_before_any_work(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--only", "nothing", "--param", "oops"],
                           capture_output=True, text=True, timeout=120)

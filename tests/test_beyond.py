@@ -1,0 +1,229 @@
+"""The "Beyond the paper" part: chapter 8 (how many aligned layers) and chapter 9 (what deeper
+alignment costs): their grids, tables, rules and figures, without training."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import matplotlib
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+
+from reprolib import cost, figures, verdicts  # noqa: E402
+from reprolib.config import MINI_LAYER_PAIRS, MINI_PAIR_SETS  # noqa: E402
+from reprolib.errors import ReproError  # noqa: E402
+from reprolib.grids import expand_grid, grid_for  # noqa: E402
+from reprolib.results import select_lambda, summary_table, with_pair_counts  # noqa: E402
+
+
+def test_the_pair_sets_grow_from_the_deepest():
+    assert [len(MINI_PAIR_SETS[n]) for n in cost.PAIR_COUNTS] == [1, 2, 4, 8]
+    assert MINI_PAIR_SETS[1] == (("layer4", "layer4"),) and MINI_PAIR_SETS[4] == MINI_LAYER_PAIRS
+    assert set(MINI_PAIR_SETS[2]) <= set(MINI_PAIR_SETS[4]) <= set(MINI_PAIR_SETS[8])
+    assert len(set(MINI_PAIR_SETS[8])) == 8
+    assert cost.cases()[0] == ("kd", 0) and len(cost.cases()) == 1 + 4 * 4
+
+
+# ---------------------------------------------------------------------------
+# Chapter 8: the grid and its rule
+def test_the_aligned_layers_grid_reuses_the_quick_grids_four_pair_cells():
+    cells = expand_grid(grid_for("aligned-layers", "quick"), "mini")
+    counts = pd.Series([len(c.layer_pairs) for c in cells]).value_counts().to_dict()
+    assert counts == {1: 48, 2: 48, 4: 48} and {c.method for c in cells} == {"at", "subdistill"}
+    quick = {c.key() for c in expand_grid("quick", "mini")}
+    four = {c.key() for c in cells if len(c.layer_pairs) == 4}
+    assert four <= quick                                      # reused, not retrained
+    assert not ({c.key() for c in cells if len(c.layer_pairs) < 4} & quick)
+    smoke = expand_grid(grid_for("aligned-layers", "smoke"), "mini")
+    assert {c.preset for c in smoke} == {"smoke"} and sorted({len(c.layer_pairs) for c in smoke}) == [1, 2, 4]
+
+
+def _pairs_table(acc: dict, seeds=(1, 2, 3), noise=0.01) -> pd.DataFrame:
+    """Runs of one method at ρ = 1 with ``acc[(pairs, λ)]`` test accuracy; the validation
+    accuracy equals the test accuracy, so λ is selected by it."""
+    rows = []
+    for (pairs, lam), a in acc.items():
+        for s in seeds:
+            t = a + noise * (s - 2)
+            rows.append(dict(method="subdistill", rho=1.0, seed=s, lambda_layer=lam, val_accuracy=t, test_accuracy=t,
+                             nonoracle_val_accuracy=t, nonoracle_test_accuracy=t, layer_pair_count=pairs))
+    return pd.DataFrame(rows)
+
+
+def test_lambda_is_selected_per_pair_count():
+    table = _pairs_table({(1, 10.0): 0.6, (1, 100.0): 0.7, (4, 10.0): 0.8, (4, 100.0): 0.5})
+    chosen = select_lambda(table).set_index("layer_pair_count")["lambda_layer"].to_dict()
+    assert chosen == {1: 100.0, 4: 10.0}
+
+
+@pytest.mark.parametrize("many, verdict", [(0.80, verdicts.MORE_HELP), (0.70, verdicts.NO_DIFFERENCE),
+                                           (0.60, verdicts.FEWER_BETTER)])
+def test_the_aligned_layers_rule(many, verdict):
+    summary = summary_table(_pairs_table({(1, 10.0): 0.70, (2, 10.0): 0.72, (4, 10.0): many}))
+    (row,) = verdicts.aligned_layers_effects(summary, "oracle")
+    assert (row["fewest"], row["most"], row["verdict"]) == (1, 4, verdict)
+    assert row["difference"] == pytest.approx(many - 0.70)
+    assert row["se"] == pytest.approx(math.sqrt(2) * 0.01 / math.sqrt(3))
+    text = verdicts.finding_aligned_layers(summary, "nonoracle")
+    assert verdict in text and "non-oracle" in text and "4 pairs minus 1" in text
+    table = verdicts.aligned_layers_table(summary)
+    assert list(table["pairs"]) == [1, 2, 4] and table["λ (oracle)"].tolist() == ["10"] * 3
+
+
+def test_the_aligned_layers_rule_notes_a_single_seed_and_a_missing_count():
+    one = summary_table(_pairs_table({(1, 1.0): 0.70, (4, 1.0): 0.71}, seeds=(1,)))
+    (row,) = verdicts.aligned_layers_effects(one)
+    assert row["verdict"] == verdicts.MORE_HELP and row["n_seeds"] == 1
+    assert "one seed: no noise estimate" in verdicts.finding_aligned_layers(one)
+    single = summary_table(_pairs_table({(4, 1.0): 0.70}))
+    assert verdicts.aligned_layers_effects(single) == []
+    assert "nothing to compare" in verdicts.finding_aligned_layers(single)
+
+
+def test_with_pair_counts_reads_the_cells_and_refuses_foreign_runs():
+    cells = expand_grid(grid_for("aligned-layers", "smoke"), "mini")
+    kd = expand_grid("smoke", "mini")[0]
+    table = pd.DataFrame({"config_key": [cells[0].key(), kd.key()], "method": [cells[0].method, "kd"]})
+    out = with_pair_counts(table, cells + [kd])
+    assert out["layer_pair_count"].tolist() == [len(cells[0].layer_pairs), 0]
+    with pytest.raises(ReproError, match="not cells of the grid"):
+        with_pair_counts(table, cells)
+
+
+def test_accuracy_vs_pairs_draws_a_panel_per_rho():
+    t = pd.concat([_pairs_table({(1, 1.0): 0.6, (2, 1.0): 0.65, (4, 1.0): 0.7}),
+                   _pairs_table({(1, 1.0): 0.8, (4, 1.0): 0.8}).assign(rho=0.0)])
+    kd = pd.DataFrame([dict(method="kd", rho=r, seed=s, lambda_layer=math.nan, val_accuracy=0.5, test_accuracy=0.5,
+                            nonoracle_val_accuracy=0.5, nonoracle_test_accuracy=0.5, layer_pair_count=0)
+                       for r in (0.0, 1.0) for s in (1, 2)])
+    fig = figures.accuracy_vs_pairs(summary_table(pd.concat([t, kd])))
+    axes = fig.get_axes()
+    assert [a.get_title() for a in axes] == ["ρ = 0", "ρ = 1"]
+    assert [tick.get_text() for tick in axes[0].get_xticklabels()] == ["1", "2", "4"]
+    assert any("no layer pairs" in text.get_text() for text in axes[-1].get_legend().get_texts())
+
+
+# ---------------------------------------------------------------------------
+# Chapter 9: the cost report, its rule and figure
+def _report(at8=(1.30, 1.25, 1.35), vid8=(1.05, 0.95, 1.15), memory=True, rounds=3) -> dict:
+    def row(method, pairs, ratio, lo, hi, mib=None):
+        r = {"method": method, "pairs": pairs, "ms_per_step": 50 * ratio, "step_ratio_to_kd": ratio,
+             "step_ratio_min": lo, "step_ratio_max": hi}
+        if memory:
+            m = mib or (10.0, 9.0, 11.0)
+            r.update(peak_step_mib=m[0], peak_step_mib_min=m[1], peak_step_mib_max=m[2], memory_ratio_to_kd=m[0] / 10)
+        return r
+
+    rows = [row("kd", 0, 1.0, 1.0, 1.0),
+            row("at", 1, 1.00, 0.95, 1.05), row("at", 8, *at8),
+            row("vid", 1, 1.00, 0.90, 1.10, (12.0, 11.0, 13.0)), row("vid", 8, *vid8, (60.0, 58.0, 62.0))]
+    return {"rows": rows, "rounds": rounds}
+
+
+def test_the_cost_rule_reads_only_ranges_that_do_not_overlap():
+    growth = verdicts.alignment_cost_growth(_report())
+    assert growth["at"]["time"] is True and growth["vid"]["time"] is False       # 1.25 > 1.05; 0.95 < 1.10
+    assert growth["at"]["memory"] is False and growth["vid"]["memory"] is True   # 9 < 11; 58 > 13
+    text = verdicts.finding_alignment_cost(_report())
+    assert "From 1 layer pair to 8 layer pairs, the training step costs more for AT and not measurably more for VID" in text
+    assert "At 8 layer pairs AT is the costliest, 1.30×" in text and "VID 12 → 60 MiB" in text and "KD's step peaks at 10 MiB" in text
+    assert "one round" in verdicts.finding_alignment_cost(_report(rounds=1))
+    assert "grows for VID (one measurement per case" in verdicts.finding_alignment_cost(dict(_report(), memory_repeats=1))
+    assert "MiB" not in verdicts.finding_alignment_cost(_report(memory=False))
+    assert "nothing to compare" in verdicts.finding_alignment_cost({"rows": [_report()["rows"][0]]})
+    # Memory taken at fewer counts than time: its ends are the counts that have it.
+    report = _report()
+    report["rows"].insert(3, dict(report["rows"][2], pairs=16, step_ratio_min=1.4, step_ratio_max=1.5, peak_step_mib=None,
+                                  peak_step_mib_min=None, peak_step_mib_max=None, memory_ratio_to_kd=None))
+    growth = verdicts.alignment_cost_growth(report)["at"]
+    assert (growth["high"], growth["mib_pairs"], growth["memory"]) == (16, (1, 8), False)
+    assert "not measured" in cost.cost_table(report)["peak MiB"].tolist()
+    assert len(figures.alignment_cost(report).get_axes()) == 2
+    with pytest.raises(ReproError, match="for the memory"):
+        cost.alignment_cost("smoke", memory_counts=(3,))
+
+
+def test_the_cost_figure_and_table():
+    fig = figures.alignment_cost(_report())
+    assert len(fig.get_axes()) == 2
+    assert [t.get_text() for t in fig.get_axes()[0].get_xticklabels()] == ["1", "8"]
+    assert len(figures.alignment_cost(_report(memory=False)).get_axes()) == 1
+    table = cost.cost_table(_report())
+    assert table["× KD (step)"].tolist()[1] == "1.00 [0.95–1.05]" and "peak MiB" in table.columns
+
+
+def test_cost_study_keeps_a_report_per_machine(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(preset, steps, rounds, threads, device, teacher_recipe=None, memory=True, memory_repeats=1,
+             memory_counts=None, isolate=True, progress=None):
+        calls.append((preset, steps, rounds, memory_repeats, memory_counts))
+        import torch
+
+        return {"machine": cost.machine(threads),
+                "torch": torch.__version__, "device": device, "preset": preset, "steps": steps, "rounds": rounds,
+                "memory_repeats": memory_repeats if memory else 0, "memory_counts": list(memory_counts) if memory else [],
+                "isolate": isolate,
+                "seconds": 1.0, "rows": _report()["rows"]}
+
+    monkeypatch.setattr(cost, "alignment_cost", fake)
+    out = tmp_path / "cost.json"
+    first = cost.cost_study("smoke", out=out)
+    again = cost.cost_study("smoke", out=out)
+    assert (first["reused"], again["reused"]) == (False, True) and calls == [("smoke", 1, 2, 1, (1, 8))]
+    assert cost.cost_study("smoke", out=out, remeasure=True)["reused"] is False
+    assert cost.cost_study("smoke", out=out, threads=2)["reused"] is False      # another setting: measured
+    assert len(calls) == 3
+    with pytest.raises(ReproError, match="mini pair"):
+        cost.cost_study("smoke", world="paper", out=out)
+    with pytest.raises(ReproError, match="unknown preset"):
+        cost.cost_study("huge", out=out)
+
+
+def test_cost_settings_are_checked_before_any_work():
+    with pytest.raises(ReproError, match="steps must be a positive integer"):
+        cost.alignment_cost("smoke", steps=0)
+    with pytest.raises(ReproError, match="no pair set of 3"):
+        cost.cost_config("at", 3, preset="smoke")
+    proc = subprocess.run([sys.executable, "-m", "reprolib.cost", "fitnet:2", "--preset", "smoke"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: no case 'fitnet:2'")
+
+
+# ---------------------------------------------------------------------------
+# The results page's section: it reads, never trains or measures
+def test_findings_say_what_has_not_run(tmp_path, monkeypatch):
+    from reprolib import studies
+
+    monkeypatch.setenv("REPROLIB_CACHE", str(tmp_path / "cache"))
+    lines = studies.findings("mini", "smoke", tmp_path / "sweep", device="cpu")
+    assert lines[0].startswith("**How many aligned layers** (chapter 8): not run yet (0 of 12 runs finished)")
+    assert "not measured yet on this machine" in lines[1]
+    assert not (tmp_path / "sweep").exists()                   # nothing was run
+    # A kept report of this machine is read and judged.
+    report = dict(_report(), machine=cost.machine(1),
+                  torch=__import__("torch").__version__, device="cpu", preset="smoke", steps=1, rounds=2,
+                  memory_repeats=1, memory_counts=[1, 8], isolate=False)
+    from reprolib.io import write_json
+
+    write_json(cost.study_path("smoke", "cpu", 1), report)
+    assert "the training step costs more for AT" in studies.findings("mini", "smoke", tmp_path / "sweep", device="cpu")[1]
+    assert "mini world only" in studies.findings("paper", "smoke")[0]
+
+
+@pytest.mark.slow
+def test_the_aligned_layers_study_runs_resumes_and_is_found(tmp_path):
+    from reprolib import studies
+
+    run = dict(workers=1, progress=False)
+    first = studies.aligned_layers("mini", "smoke", tmp_path, run=run)
+    assert (first["finished"], first["cells"], len(first["new"])) == (12, 12, 10)   # 2 are the smoke grid's own
+    assert set(first["summary"]["layer_pair_count"]) == {0, 1, 2, 4}
+    again = studies.aligned_layers("mini", "smoke", tmp_path, run=run)
+    assert again["study"].attrs["sweep"]["computed"] == 0                          # resumed: nothing retrained
+    line = studies.findings("mini", "smoke", tmp_path, device="cpu")[0]
+    assert "Under the oracle rule" in line and "SubDistill at ρ = 1" in line
