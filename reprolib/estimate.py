@@ -401,9 +401,9 @@ def describe(estimate: dict[str, Any]) -> str:
 def estimate_book(preset: str, execution: Execution | None = None, *, world: str = "mini",
                   workers: int = 2, steps: int = 5) -> dict[str, Any]:
     """The estimated training time of the book's sweeps at ``preset`` (chapter 4's main
-    grid, its side grids and the contrast world, and chapter 8's aligned-layers grid, each
-    in its folder of the cache), on ``workers`` as chapter 4 runs them: ``{"grids": {name:
-    estimate}, "seconds"}``. The analyses of chapters 2, 5-7 (subspaces, t-SNE, LRP) and
+    grid, its side grids and the contrast world, chapter 8's aligned-layers grid and
+    chapter 10's biased-teacher grid with its teacher, each in its folder of the cache), on
+    ``workers`` as chapter 4 runs them: ``{"grids": {name: estimate}, "seconds"}``. The analyses of chapters 2, 5-7 (subspaces, t-SNE, LRP) and
     chapter 9's cost measurement are not priced. A calibration is keyed by method and
     student, not by the layer pairs: chapter 8's runs with 1 or 2 pairs are priced at the
     4-pair step (an upper bound, a few per cent: chapter 9 measures the difference)."""
@@ -418,6 +418,7 @@ def estimate_book(preset: str, execution: Execution | None = None, *, world: str
         grids += [(grid_for(name, preset), out) for name in ("calibration", "kd-ablation", "aligned-layers")]
         contrast = precondition.contrast_grid(preset if preset == "smoke" else "quick")
         grids.append((contrast, out.parent / f"{out.name}-contrast"))
+        grids.append((grid_for("biased-teacher", preset), out.parent / f"{out.name}-biased-teacher"))
     found: dict[str, Any] = {}
     calibrations: list[Calibration] = []    # grids with the same models share one calibration
     teachers: set[str] = set()

@@ -628,3 +628,42 @@ def accuracy_vs_pairs(summary, selection: str | None = "oracle", chance: float =
     axes[0, -1].legend(frameon=False, fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def digit_following_by_teacher(table, teachers: Sequence[Mapping] = (), chance: float = 0.2):
+    """Chapter 10: each method's students' digit-following on the random-digit test set
+    (the share of images whose digit differs from their label classified as the digit),
+    one panel per ρ they were distilled at; filled markers: distilled from the biased
+    teacher, open: from the book's teacher; mean ± std over seeds. Horizontal lines: each
+    teacher's own digit-following (``teachers``: book's first, biased last); dotted: chance."""
+    rhos = sorted(table["rho"].astype(float).unique())
+    methods = _methods(table)
+    fig, axes = _subplots(1, len(rhos), figsize=(3.6 * len(rhos) + 1.0, 3.6), sharey=True)
+    for ax, rho in zip(axes[0], rhos):
+        at = table[(table["rho"].astype(float) - rho).abs() < 1e-9]
+        for i, method in enumerate(methods):
+            for teacher, shift, filled in (("book", -0.15, False), ("biased", 0.15, True)):
+                v = at[(at["method"] == method) & (at["teacher"] == teacher)]["predicts_digit_differs_rho1"].astype(float)
+                if not len(v):
+                    continue
+                style = method_style(method)
+                ax.errorbar([i + shift], [v.mean()], yerr=[_std([v.std()])[0] if len(v) > 1 else 0.0], capsize=3,
+                            color=style["color"], marker=style["marker"], markersize=style["markersize"], linestyle="none",
+                            markerfacecolor=style["color"] if filled else "white")
+        for t, ls, label in zip(teachers, ("--", "-"), ("book's teacher itself", "biased teacher itself")):
+            ax.axhline(t["predicts_digit_differs"], color="black", linestyle=ls, linewidth=1.1, label=label)
+        ax.axhline(chance, color="#777777", linestyle=":", linewidth=1, label="chance")
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels([METHOD_SHORT.get(m, m) for m in methods])
+        ax.set_title(f"students distilled at ρ = {rho:g}")
+        ax.set_ylim(0, 1)
+    axes[0, 0].set_ylabel("answers the digit (digit ≠ label)")
+    from matplotlib.lines import Line2D
+
+    handles, _ = axes[0, -1].get_legend_handles_labels()
+    handles += [Line2D([], [], color="#555555", marker="o", linestyle="none", markerfacecolor="white",
+                       label="from the book's teacher"),
+                Line2D([], [], color="#555555", marker="o", linestyle="none", label="from the biased teacher")]
+    axes[0, -1].legend(handles=handles, frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig

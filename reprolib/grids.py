@@ -162,6 +162,14 @@ SWEEP_PRESETS: dict[str, SweepGrid] = {
         rhos=(0.0, 1.0), seeds=(1, 2, 3), lambdas=QUICK_LAMBDAS,
         variants=tuple({"layer_pairs": MINI_PAIR_SETS[n]} for n in (1, 2, 4)),
         note="AT and SubDistill with 1, 2 and 4 aligned layer pairs; lambda selected from {1, 10, 100, 1000} per count"),
+    # Beyond the paper, chapter 10: a teacher that learned the shortcut itself (the
+    # "10-epoch-biased" recipe). Every method at the authors' λ (fixed, as in chapter 4's
+    # side grids); the same cells with the book's teacher are the quick grid's own.
+    "biased-teacher": SweepGrid(
+        name="biased-teacher", run_preset="quick", methods=METHODS,
+        rhos=(0.0, 1.0), seeds=(1, 2, 3), lambdas=(AUTHORS_LAMBDA,),
+        overrides={"teacher_recipe": "10-epoch-biased"},
+        note="every method with the biased teacher (half of each subtask class's training images carried its digit); lambda fixed at 100"),
 }
 
 
@@ -181,6 +189,10 @@ SMOKE_SIDE_GRIDS: dict[str, SweepGrid] = {
         rhos=(0.0, 1.0), seeds=(1,), lambdas=(1.0,),
         variants=tuple({"layer_pairs": MINI_PAIR_SETS[n]} for n in (1, 2, 4)),
         note="smoke: 1, 2 and 4 pairs, one seed, one lambda"),
+    "biased-teacher": SweepGrid(
+        name="biased-teacher-smoke", run_preset="smoke", methods=("kd", "subdistill"),
+        rhos=(0.0, 1.0), seeds=(1,), lambdas=(1.0,), overrides={"teacher_recipe": "smoke-biased"},
+        note="smoke: the seconds-long biased teacher, one seed, one lambda"),
 }
 
 

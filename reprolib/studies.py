@@ -5,6 +5,10 @@
   main grid's own and a stopped study resumes where it stopped (a sweep's guarantees:
   a finished run is never trained again, files are written atomically).
 * :func:`reprolib.cost.cost_study`: chapter 9's measurement, kept per machine.
+* :func:`biased_teacher`: chapter 10's grid with a teacher that learned the shortcut
+  (its own folder beside the main sweep's), the same cells with the book's teacher
+  (the main grid's own), and every student's digit-following on the random-digit
+  test set (:func:`digit_following`).
 * :func:`findings`: what each study found, in words, for the results page; it only
   reads (a study not yet run is said to be so, nothing is trained or measured).
 
@@ -20,6 +24,7 @@ from typing import Any
 from .errors import ReproError
 
 ALIGNED_LAYERS = "aligned-layers"
+BIASED_TEACHER = "biased-teacher"
 
 
 def sweep_folder(world: str, preset: str, out_dir: str | os.PathLike | None = None) -> Path:
@@ -85,6 +90,135 @@ def findings(world: str = "mini", preset: str = "quick", sweep_dir: str | os.Pat
         head = "**What deeper alignment costs** (chapter 9): "
         lines.append(head + (verdicts.finding_alignment_cost(report) if report is not None else
                              "not measured yet on this machine; building chapter 9 measures it."))
+        study = biased_teacher(world, preset, sweep_dir, run=None)
+        head = "**A biased teacher** (chapter 10): "
+        if study["table"] is None:
+            lines.append(head + f"not run yet ({study['finished']} of {study['cells']} runs finished); "
+                         "building chapter 10 runs it.")
+        else:
+            lines.append(head + verdicts.finding_biased_teacher(study["table"], study["teachers"]))
     else:
         lines.append(f"The beyond-the-paper studies run in the mini world only; this page's world is {world!r}.")
     return lines
+
+
+def teacher_digit_following(teacher_recipe: str, world: str = "mini", preset: str = "quick",
+                            knn_images: int = 600) -> dict[str, Any]:
+    """A mini teacher's own digit-following, measured as the students' is: its subtask
+    predictions on the world's test set at ρ = 1 (every image carries a random digit),
+    :func:`reprolib.evaluation.teacher_test_metrics` (cached beside the other teacher
+    evaluations; the teacher is trained first if it is not cached). Returns the recipe,
+    ``accuracy``, ``accuracy_digit_differs``, ``predicts_digit_differs`` (the share of the
+    images whose digit differs from their label that it classifies as the digit; chance
+    1/K), ``n_digit_differs`` and ``knn_digit`` (its deepest aligned layer's, as
+    :func:`digit_following` gives the students')."""
+    import torch
+
+    from .config import make_config
+    from .evaluation import teacher_test_metrics
+    from .teacher import build_teacher
+
+    cfg = make_config(world, preset, teacher_recipe=teacher_recipe, contamination_rate=1.0, method="kd",
+                      lambda_layer=0.0)
+    if cfg.teacher != "mini-teacher":
+        raise ReproError(f"world {world!r} has no mini teacher recipe to bias; use world='mini'")
+    teacher, w = build_teacher(cfg, progress=False), _rho1_world(cfg, {})
+    metrics = teacher_test_metrics(teacher, w, cfg, torch.device("cpu"))
+    return {"teacher_recipe": teacher_recipe, "classes": len(cfg.data.subtask_classes),
+            **{k: metrics[k] for k in ("accuracy", "accuracy_digit_differs", "predicts_digit_differs",
+                                       "n_digit_differs")},
+            "knn_digit": _knn_digit(teacher.model, cfg.layer_pairs[-1][0], w, knn_images)}
+
+
+def _rho1_world(cfg, worlds: dict):
+    from .worlds import build_world
+
+    data = cfg.replace(contamination_rate=1.0).data
+    key = repr((data, cfg.seed))
+    if key not in worlds:
+        worlds[key] = build_world(data, cfg.seed)
+    return worlds[key]
+
+
+def _knn_digit(model, layer: str, world, n: int) -> float:
+    """kNN digit agreement (:func:`reprolib.embedding.knn_agreement`) of ``layer``'s pooled
+    features on the first ``n`` test images of ``world`` (chance about 1/K)."""
+    from .embedding import knn_agreement, pooled_features
+
+    x, _y, d = world.tensors("test")
+    n = min(n, len(d))
+    f = pooled_features(model, layer, (x[i:i + 256] for i in range(0, n, 256)))
+    return knn_agreement(f, d[:n].numpy())
+
+
+def digit_following(results, folder: str | os.PathLike, knn_images: int = 600) -> "Any":
+    """Every run's digit-following on the random-digit test set of its world at ρ = 1,
+    whatever ρ it was distilled at (a ρ = 0 student's own test set has no digit, D4):
+    ``results`` with ``predicts_digit_differs_rho1`` (the share of the images whose digit
+    differs from their label that the student classifies as the digit; chance 1/K),
+    ``accuracy_digit_differs_rho1`` and ``knn_digit`` (the kNN digit agreement of its last
+    aligned layer's pooled features on the first ``knn_images`` of those images). The
+    best-validation (oracle) checkpoint of each run."""
+    import torch
+
+    from .evaluation import predict, split_accuracies
+    from .rundirs import load_student
+
+    worlds: dict[str, Any] = {}
+    rows = []
+    for run_dir in results["run_dir"]:
+        student, cfg = load_student(Path(folder) / run_dir)
+        world = _rho1_world(cfg, worlds)
+        m = split_accuracies(*predict(student, world, "test", torch.device("cpu")))
+        rows.append((m["predicts_digit_differs"], m["accuracy_digit_differs"],
+                     _knn_digit(student, cfg.layer_pairs[-1][1], world, knn_images)))
+    follows, accuracy, knn = zip(*rows) if rows else ((), (), ())
+    return results.assign(predicts_digit_differs_rho1=list(follows), accuracy_digit_differs_rho1=list(accuracy),
+                          knn_digit=list(knn))
+
+
+def biased_teacher(world: str = "mini", preset: str = "quick", out_dir: str | os.PathLike | None = None,
+                   run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Chapter 10's study: every method distilled from the biased teacher (grid
+    ``biased-teacher``, in ``<main sweep folder>-biased-teacher``) and from the book's
+    teacher (the same cells without the override: the main grid's own, in its folder),
+    each run's digit-following (:func:`digit_following`) and both teachers' own
+    (:func:`teacher_digit_following`).
+
+    ``run`` as in :func:`aligned_layers` (None: read the finished runs only, and stop
+    there while the biased grid is unfinished). Returns ``{"grid", "table"`` (one row per
+    run, column ``teacher``: ``"biased"`` or ``"book"``; None when stopped), ``"teachers"``
+    (the book's and the biased teacher's measurements; None when stopped), ``"folder"``
+    (the biased runs'), ``"biased"`` (their results), ``"finished"``, ``"cells"}``.
+    """
+    import dataclasses
+
+    import pandas as pd
+
+    from . import sweep
+    from .grids import expand_grid, grid_for
+    from .results import collect_results
+
+    if world != "mini":
+        raise ReproError(f"the biased-teacher study trains a mini teacher; world {world!r} has none: use world='mini'")
+    grid = grid_for(BIASED_TEACHER, preset)
+    book_grid = dataclasses.replace(grid, name=f"{grid.name}-book-teacher",
+                                    overrides={k: v for k, v in grid.overrides.items() if k != "teacher_recipe"})
+    main = sweep_folder(world, preset, out_dir)
+    folder = main.parent / f"{main.name}-biased-teacher"
+    cells, book_cells = expand_grid(grid, world), expand_grid(book_grid, world)
+    if run is None:
+        biased, book = collect_results(cells, folder), collect_results(book_cells, main)
+    else:
+        book = sweep.run_sweep(book_grid, main, world=world, **run)
+        biased = sweep.run_sweep(grid, folder, world=world, **run)
+    out = {"grid": grid, "table": None, "teachers": None, "folder": folder, "biased": biased,
+           "finished": len(biased), "cells": len(cells)}
+    if run is None and len(biased) < len(cells):
+        return out            # reading only: the teachers may not be trained yet, and nothing is trained here
+    out["teachers"] = [teacher_digit_following(r, world, grid.run_preset)
+                       for r in (book_cells[0].teacher_recipe, cells[0].teacher_recipe)]
+    parts = [digit_following(t, f).assign(teacher=name)
+             for t, f, name in ((book, main, "book"), (biased, folder, "biased")) if len(t)]
+    out["table"] = pd.concat(parts, ignore_index=True) if parts else None
+    return out

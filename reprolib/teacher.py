@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 
-from .config import RunConfig
+from .config import MINI_SUBTASK, RunConfig
 from .transforms import normalize, pad_to, random_resized_crop
 from .sources import MINI_MEAN, MINI_STD, load_fashion_mnist
 from .devices import PRECISIONS, check_cpu_bf16
@@ -42,7 +42,8 @@ class TeacherConfig:
 
     Batch 128, Adam with a one-cycle rate peaking at 3e-3 (15 % warm-up), no
     augmentation, ``epochs`` passes over the 60,000 training images. The named
-    recipes (:data:`TEACHER_RECIPES`) differ only in ``epochs``:
+    recipes (:data:`TEACHER_RECIPES`) differ only in ``epochs``, except the biased ones
+    (``digit_share``, below):
 
     * ``1-epoch``: the first book's teacher (0.9105 ten-class, 0.8496 subtask test
       accuracy in fp32; 209 s on 2 threads of a Zen 4 EPYC). It fits its own training images loosely, and output-only
@@ -52,6 +53,12 @@ class TeacherConfig:
       teacher's convergence rule (``benchmarks/teacher_convergence.py``). It chose
       ``10-epoch`` (0.9372 ten-class, 0.8930 subtask, 0.99995 on its training
       images; ``20-epoch`` scores 0.9365; ``benchmarks/results/teacher-convergence-cpu.json``).
+
+    * ``10-epoch-biased``: the ``10-epoch`` recipe on training images of which half of
+      every subtask class's carry the class's digit (:func:`training_digit_plan`), so
+      that the teacher itself can learn the shortcut: the teacher of the book's
+      "biased teacher" study, which questions the paper's assumption that the teacher
+      ignores the artifact. ``smoke-biased`` is its seconds-long test version.
 
     The students' random-resized-crop augmentation (``augment=True``) cost 2.5
     points at one epoch, so it stays off; the paper's teacher is torchvision's
@@ -80,9 +87,24 @@ class TeacherConfig:
     train_subset: int | None = None   # the first N training images; None = all 60,000
     test_subset: int | None = None    # score on the first N test images; None = all 10,000
     precision: str = "fp32"           # one of devices.PRECISIONS: "fp32" or "bf16" (autocast forward)
+    # A biased teacher (the book's "Beyond the paper" part): this share of each subtask
+    # class's training images carries the class's digit (its index in ``digit_classes``,
+    # as the mini world's correlated digits do), so the teacher itself can learn the
+    # shortcut. 0: the foundation teacher, which never sees a digit.
+    digit_share: float = 0.0
+    digit_classes: tuple[int, ...] = MINI_SUBTASK
+    digit_size: int = 8
+    digit_corner: str = "top-left"
 
     def key(self) -> str:
-        return digest({"cfg": dataclasses.asdict(self), "code": TEACHER_CODE_VERSION})
+        cfg = dataclasses.asdict(self)
+        if not self.digit_share:   # an unbiased teacher keeps the key (and cache) it had before these fields
+            for name in BIAS_FIELDS:
+                cfg.pop(name)
+        return digest({"cfg": cfg, "code": TEACHER_CODE_VERSION})
+
+
+BIAS_FIELDS = ("digit_share", "digit_classes", "digit_size", "digit_corner")
 
 
 # The "smoke" recipe is for tests and CI only: a teacher in seconds, numbers meaningless.
@@ -91,6 +113,10 @@ TEACHER_RECIPES = {
     "10-epoch": TeacherConfig(epochs=10),
     "20-epoch": TeacherConfig(epochs=20),
     "smoke": TeacherConfig(epochs=1, train_subset=2000, test_subset=1000, batch_size=64),
+    # The biased teacher: trained like the book's (10 epochs), but half of every subtask
+    # class's training images carry the class's digit.
+    "10-epoch-biased": TeacherConfig(epochs=10, digit_share=0.5),
+    "smoke-biased": TeacherConfig(epochs=1, train_subset=2000, test_subset=1000, batch_size=64, digit_share=0.5),
 }
 
 
@@ -139,6 +165,8 @@ def train_mini_teacher(tcfg: TeacherConfig = TeacherConfig(), *, progress: bool 
     n = tcfg.train_subset or len(fm["train_x"])
     x_train = pad_to(fm["train_x"][:n], tcfg.image_size).unsqueeze(1).float() / 255.0
     y_train = fm["train_y"][:n].long()
+    if tcfg.digit_share:
+        x_train = paste_training_digits(x_train, y_train.numpy(), tcfg)
     m = tcfg.test_subset or len(fm["test_x"])
     x_test = normalize(pad_to(fm["test_x"][:m], tcfg.image_size).unsqueeze(1).float() / 255.0, MINI_MEAN, MINI_STD)
     y_test = fm["test_y"][:m].long()
@@ -196,6 +224,35 @@ def train_mini_teacher(tcfg: TeacherConfig = TeacherConfig(), *, progress: bool 
     # what is computed from it, the relevant subspaces first, must not depend on
     # whether it was trained in this process or cached.
     return model.to(memory_format=torch.contiguous_format), manifest
+
+
+def training_digit_plan(labels: np.ndarray, tcfg: TeacherConfig):
+    """Which of the teacher's training images carry a digit, which and which exemplar
+    (:class:`reprolib.artifacts.ArtifactPlan`): for the ``k``-th class of ``digit_classes``,
+    the first ⌊share·n⌋ of the protocol's fixed permutation of that class's images
+    (:func:`reprolib.artifacts.contaminated_mask`) carry digit ``k``, each with the exemplar
+    the protocol gives its index (:func:`reprolib.artifacts.exemplar`). No other image does."""
+    from .artifacts import ArtifactPlan, contaminated_mask, exemplar, sklearn_digits_bank
+
+    if not 0.0 <= tcfg.digit_share <= 1.0:
+        raise ReproError(f"the teacher's digit_share {tcfg.digit_share} is outside [0, 1]")
+    bank = sklearn_digits_bank(tcfg.digit_size)
+    n = len(labels)
+    has, digit, ex = np.zeros(n, dtype=bool), np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+    for k, c in enumerate(tcfg.digit_classes):
+        rows = np.flatnonzero(labels == c)
+        for i in rows[contaminated_mask(len(rows), tcfg.digit_share)]:
+            has[i], digit[i], ex[i] = True, k, exemplar(int(i), k, bank)
+    return ArtifactPlan(has, digit, ex), bank
+
+
+def paste_training_digits(x: torch.Tensor, labels: np.ndarray, tcfg: TeacherConfig) -> torch.Tensor:
+    """The teacher's training images (pixel space, [0, 1], padded) with the biased
+    recipe's digits pasted (:func:`training_digit_plan`), once, before training."""
+    from .artifacts import paste
+
+    plan, bank = training_digit_plan(labels, tcfg)
+    return paste(x, plan.patches(bank), plan.has_digit, tcfg.digit_corner)
 
 
 @torch.no_grad()

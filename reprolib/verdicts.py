@@ -1138,3 +1138,140 @@ def aligned_layers_table(summary):
                 f"{c.mean:.3f} ± {c.std:.3f}" if _finite(c.std) else f"{c.mean:.3f}")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def follows_digit(share: float, n: int, classes: int = 5) -> bool:
+    """The rule for "follows the digit": among ``n`` test images whose digit differs from
+    their label, the share classified as the digit exceeds chance (1/``classes``) by more
+    than its binomial standard error at chance, ``sqrt(p (1 - p) / n)``."""
+    if not _finite(share) or not n:
+        return False
+    p = 1.0 / classes
+    return exceeds(float(share) - p, math.sqrt(p * (1 - p) / n))
+
+
+def finding_teacher_bias(measured: Sequence[Mapping]) -> str:
+    """One sentence per teacher of :func:`reprolib.studies.teacher_digit_following`:
+    whether it follows the digit by the rule of :func:`follows_digit`."""
+    parts = []
+    for m in measured:
+        p = 1.0 / m["classes"]
+        verdict = "follows the digit" if follows_digit(m["predicts_digit_differs"], m["n_digit_differs"], m["classes"]) \
+            else "does not follow the digit beyond chance"
+        parts.append(f"The teacher `{m['teacher_recipe']}` {verdict}: on the {m['n_digit_differs']} test images whose "
+                     f"random digit differs from their label it answers the digit on "
+                     f"{100 * m['predicts_digit_differs']:.1f} % (chance {100 * p:.0f} %), and its subtask accuracy "
+                     f"there is {100 * m['accuracy_digit_differs']:.1f} %.")
+    return " ".join(parts)
+
+
+
+TAKES_BIAS, LESS_BIAS, NO_MORE_BIAS = ("takes on the teacher's bias", "follows the digit less",
+                                       "no difference beyond seed noise")
+
+
+def _seed_stats(values) -> tuple[float, float, int]:
+    v = [float(x) for x in values if _finite(x)]
+    if not v:
+        return math.nan, math.nan, 0
+    mean = sum(v) / len(v)
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else math.nan
+    return mean, std, len(v)
+
+
+def biased_teacher_effects(table) -> list[dict]:
+    """Chapter 10's rule, per method and ρ of :func:`reprolib.studies.biased_teacher`'s table:
+    the students' digit-following on the random-digit test set (``predicts_digit_differs_rho1``,
+    mean over seeds) with the biased teacher minus with the book's teacher, same method, ρ
+    and λ. **Takes on the teacher's bias** when the difference exceeds its combined standard
+    error over seeds; **follows the digit less** when minus the difference does; otherwise
+    **no difference beyond seed noise**. Rows also carry both teachers' test accuracy and kNN
+    digit agreement means."""
+    from .config import METHODS
+
+    rows = []
+    present = [m for m in METHODS if m in set(table["method"])]
+    for method in present:
+        for rho in sorted(table.loc[table["method"] == method, "rho"].astype(float).unique()):
+            at = table[(table["method"] == method) & ((table["rho"].astype(float) - rho).abs() < 1e-9)]
+            stats = {}
+            for teacher in ("book", "biased"):
+                t = at[at["teacher"] == teacher]
+                stats[teacher] = {c: _seed_stats(t[c]) for c in ("predicts_digit_differs_rho1", "test_accuracy", "knn_digit")}
+            (fb, sb, nb), (fk, sk, nk) = stats["biased"]["predicts_digit_differs_rho1"], stats["book"]["predicts_digit_differs_rho1"]
+            diff, se = fb - fk, combined_se(standard_error(sb, nb), standard_error(sk, nk))
+            verdict = TAKES_BIAS if exceeds(diff, se) else LESS_BIAS if exceeds(-diff, se) else NO_MORE_BIAS
+            rows.append({"method": method, "rho": rho, "follows_book": fk, "follows_biased": fb, "difference": diff,
+                         "se": se, "n_seeds": min(nb, nk), "verdict": verdict,
+                         **{f"{c}_{t}": stats[t][c][0] for t in ("book", "biased") for c in ("test_accuracy", "knn_digit")}})
+    return rows
+
+
+def finding_biased_teacher(table, teachers: Sequence[Mapping]) -> str:
+    """Chapter 10's sentences: each teacher's own digit-following (:func:`finding_teacher_bias`),
+    then, per ρ, what the rule of :func:`biased_teacher_effects` finds for every method, and
+    the answer to the chapter's question for SubDistill: none when the biased teacher (the
+    last of ``teachers``) does not follow the digit itself (:func:`follows_digit`)."""
+    rows = biased_teacher_effects(table)
+    if not rows:
+        return "The table has no run to compare."
+    parts = [finding_teacher_bias(teachers)]
+    biased_own = teachers[-1]["predicts_digit_differs"] if teachers else math.nan   # the biased teacher is the last
+    for rho in sorted({r["rho"] for r in rows}):
+        at = [r for r in rows if r["rho"] == rho]
+        parts.append(f"Students distilled at ρ = {rho:g}, digit-following with the biased teacher against the book's: "
+                     + "; ".join(f"{name(r['method'])} {100 * r['follows_biased']:.1f} % vs {100 * r['follows_book']:.1f} % "
+                                 f"({r['verdict']}, {fmt_points(r['difference'], r['se'])}"
+                                 + (", one seed" if r["n_seeds"] < 2 else "") + ")" for r in at) + ".")
+    sub = [r for r in rows if r["method"] == "subdistill"]
+    biased = teachers[-1] if teachers else None
+    if sub and biased is not None and not follows_digit(biased["predicts_digit_differs"], biased["n_digit_differs"],
+                                                        biased["classes"]):
+        parts.append("**Does SubDistill transfer the teacher's bias?** This world cannot say: the biased teacher does "
+                     "not follow the digit itself, so it has no bias to pass on.")
+    elif sub:
+        took = [r for r in sub if r["verdict"] == TAKES_BIAS]
+        parts.append("**Does SubDistill transfer the teacher's bias?** "
+                     + ("Yes, at ρ = " + _join([f"{r['rho']:g}" for r in took]) if took else "Not beyond seed noise")
+                     + (f"; the biased teacher itself answers the digit on {100 * biased_own:.1f} % of those images."
+                        if _finite(biased_own) else "."))
+    return " ".join(parts)
+
+
+def biased_teacher_table(table):
+    """Chapter 10's table: per method, ρ and teacher, the students' test accuracy (their own
+    test set), digit-following and kNN digit agreement on the random-digit test set
+    (mean ± standard deviation over seeds)."""
+    import pandas as pd
+
+    from .config import METHODS
+
+    out = []
+    for method in [m for m in METHODS if m in set(table["method"])]:
+        for rho in sorted(table.loc[table["method"] == method, "rho"].astype(float).unique()):
+            for teacher in ("book", "biased"):
+                t = table[(table["method"] == method) & ((table["rho"].astype(float) - rho).abs() < 1e-9)
+                          & (table["teacher"] == teacher)]
+                if not len(t):
+                    continue
+                row = {"method": name(method), "ρ": rho, "teacher": teacher, "seeds": int(t["seed"].nunique())}
+                for col, label in (("test_accuracy", "test accuracy"), ("predicts_digit_differs_rho1", "answers the digit"),
+                                   ("knn_digit", "kNN digit agreement")):
+                    mean, std, _ = _seed_stats(t[col])
+                    row[label] = "–" if not _finite(mean) else (f"{mean:.3f} ± {std:.3f}" if _finite(std) else f"{mean:.3f}")
+                out.append(row)
+    return pd.DataFrame(out)
+
+
+def teacher_table(teachers: Sequence[Mapping]):
+    """Chapter 10's teacher table: one row per teacher of :func:`reprolib.studies.teacher_digit_following`."""
+    import pandas as pd
+
+    return pd.DataFrame([{"teacher": f"`{t['teacher_recipe']}`", "subtask accuracy": f"{t['accuracy']:.3f}",
+                          "accuracy, digit ≠ label": f"{t['accuracy_digit_differs']:.3f}",
+                          "answers the digit (digit ≠ label)": f"{t['predicts_digit_differs']:.3f}",
+                          "images (digit ≠ label)": int(t["n_digit_differs"]),
+                          "kNN digit agreement": f"{t['knn_digit']:.3f}",
+                          "follows the digit": "yes" if follows_digit(t["predicts_digit_differs"], t["n_digit_differs"],
+                                                                       t["classes"]) else "no"} for t in teachers])
+

@@ -227,3 +227,121 @@ def test_the_aligned_layers_study_runs_resumes_and_is_found(tmp_path):
     assert again["study"].attrs["sweep"]["computed"] == 0                          # resumed: nothing retrained
     line = studies.findings("mini", "smoke", tmp_path, device="cpu")[0]
     assert "Under the oracle rule" in line and "SubDistill at ρ = 1" in line
+
+
+# ---------------------------------------------------------------------------
+# The biased teacher (the recipe of the planned biased-teacher chapter)
+def test_the_bias_fields_do_not_move_the_existing_teachers_caches():
+    from reprolib.teacher import recipe
+
+    # The keys of the recipes trained before the bias fields existed (their cache folders).
+    assert {n: recipe(n).key() for n in ("1-epoch", "10-epoch", "20-epoch", "smoke")} == {
+        "1-epoch": "d1d0d1d1814fcad0", "10-epoch": "d6e67a7889d1be15", "20-epoch": "5693af5137fecd99",
+        "smoke": "4b1e95fbb09abc68"}
+    assert recipe("10-epoch-biased").key() != recipe("10-epoch").key()
+    assert recipe("10-epoch-biased").epochs == recipe("10-epoch").epochs == 10
+
+
+def test_the_biased_teachers_training_digits_follow_the_protocol():
+    import numpy as np
+    import torch
+
+    from reprolib.teacher import paste_training_digits, recipe, training_digit_plan
+
+    tcfg = recipe("smoke-biased")
+    labels = np.repeat(np.arange(10), 7)           # 7 images of each of the ten classes
+    plan, bank = training_digit_plan(labels, tcfg)
+    for k, c in enumerate(tcfg.digit_classes):
+        rows = np.flatnonzero(labels == c)
+        assert plan.has_digit[rows].sum() == 3 and set(plan.digit[rows][plan.has_digit[rows]]) == {k}
+        assert all(bank.labels[e] == k for e in plan.exemplar[rows][plan.has_digit[rows]])
+    others = ~np.isin(labels, tcfg.digit_classes)
+    assert not plan.has_digit[others].any()
+    again, _ = training_digit_plan(labels, tcfg)
+    assert (again.exemplar == plan.exemplar).all()                       # fixed per image
+    x = torch.zeros(len(labels), 1, 32, 32)
+    y = paste_training_digits(x, labels, tcfg)
+    has = torch.from_numpy(plan.has_digit)
+    assert torch.equal(y[has][:, 0, :8, :8], bank.images[torch.from_numpy(plan.exemplar[plan.has_digit])])
+    assert y[~has].abs().sum() == 0 and y[has][:, :, 8:, :].abs().sum() == 0
+    with pytest.raises(ReproError, match="outside"):
+        training_digit_plan(labels, tcfg.__class__(digit_share=1.5))
+
+
+def test_the_digit_following_rule():
+    assert verdicts.follows_digit(0.30, 400) and not verdicts.follows_digit(0.21, 400)   # se at chance: 0.02
+    assert not verdicts.follows_digit(float("nan"), 400) and not verdicts.follows_digit(0.9, 0)
+    text = verdicts.finding_teacher_bias([
+        {"teacher_recipe": "10-epoch", "classes": 5, "predicts_digit_differs": 0.19, "n_digit_differs": 2000,
+         "accuracy_digit_differs": 0.88},
+        {"teacher_recipe": "10-epoch-biased", "classes": 5, "predicts_digit_differs": 0.61, "n_digit_differs": 2000,
+         "accuracy_digit_differs": 0.35}])
+    assert "`10-epoch` does not follow the digit beyond chance" in text
+    assert "`10-epoch-biased` follows the digit" in text and "61.0 % (chance 20 %)" in text
+
+
+@pytest.mark.slow
+def test_a_biased_smoke_teacher_is_trained_cached_and_measured():
+    from reprolib import studies
+
+    clean = studies.teacher_digit_following("smoke", preset="smoke")
+    biased = studies.teacher_digit_following("smoke-biased", preset="smoke")
+    assert clean["n_digit_differs"] == biased["n_digit_differs"] > 0
+    assert 0.0 <= biased["predicts_digit_differs"] <= 1.0 and biased != clean
+    assert studies.teacher_digit_following("smoke-biased", preset="smoke") == biased       # cached
+    with pytest.raises(ReproError, match="mini teacher"):
+        studies.teacher_digit_following("smoke", world="paper", preset="smoke")
+
+
+def _bias_table(follow: dict, seeds=(1, 2, 3), noise=0.02) -> pd.DataFrame:
+    """Runs with ``follow[(method, rho, teacher)]`` digit-following."""
+    rows = []
+    for (method, rho, teacher), f in follow.items():
+        for s in seeds:
+            rows.append(dict(method=method, rho=rho, seed=s, teacher=teacher, test_accuracy=0.8,
+                             predicts_digit_differs_rho1=f + noise * (s - 2), knn_digit=0.3))
+    return pd.DataFrame(rows)
+
+
+TEACHERS = [{"teacher_recipe": "10-epoch", "classes": 5, "predicts_digit_differs": 0.18, "n_digit_differs": 2000,
+             "accuracy_digit_differs": 0.88, "accuracy": 0.9, "knn_digit": 0.21},
+            {"teacher_recipe": "10-epoch-biased", "classes": 5, "predicts_digit_differs": 0.70, "n_digit_differs": 2000,
+             "accuracy_digit_differs": 0.25, "accuracy": 0.5, "knn_digit": 0.6}]
+
+
+def test_the_biased_teacher_rule():
+    table = _bias_table({("kd", 1.0, "book"): 0.5, ("kd", 1.0, "biased"): 0.9,
+                         ("subdistill", 0.0, "book"): 0.2, ("subdistill", 0.0, "biased"): 0.21,
+                         ("subdistill", 1.0, "book"): 0.3, ("subdistill", 1.0, "biased"): 0.2})
+    rows = {(r["method"], r["rho"]): r for r in verdicts.biased_teacher_effects(table)}
+    assert rows[("kd", 1.0)]["verdict"] == verdicts.TAKES_BIAS
+    assert rows[("subdistill", 0.0)]["verdict"] == verdicts.NO_MORE_BIAS
+    assert rows[("subdistill", 1.0)]["verdict"] == verdicts.LESS_BIAS
+    assert rows[("kd", 1.0)]["difference"] == pytest.approx(0.4)
+    text = verdicts.finding_biased_teacher(table, TEACHERS)
+    assert "`10-epoch-biased` follows the digit" in text and "Not beyond seed noise" in text
+    assert "KD 90.0 % vs 50.0 % (takes on the teacher's bias" in text
+    took = _bias_table({("subdistill", 1.0, "book"): 0.2, ("subdistill", 1.0, "biased"): 0.6})
+    assert "Does SubDistill transfer the teacher's bias?** Yes, at ρ = 1" in verdicts.finding_biased_teacher(took, TEACHERS)
+    unbiased = [TEACHERS[0], dict(TEACHERS[1], predicts_digit_differs=0.2)]
+    assert "This world cannot say" in verdicts.finding_biased_teacher(took, unbiased)
+    t = verdicts.biased_teacher_table(table)
+    assert list(t.columns[:4]) == ["method", "ρ", "teacher", "seeds"] and len(t) == 6
+    assert verdicts.teacher_table(TEACHERS)["follows the digit"].tolist() == ["no", "yes"]
+    fig = figures.digit_following_by_teacher(table, TEACHERS)
+    assert [a.get_title() for a in fig.get_axes()] == ["students distilled at ρ = 0", "students distilled at ρ = 1"]
+
+
+@pytest.mark.slow
+def test_the_biased_teacher_study_at_smoke(tmp_path):
+    from reprolib import studies
+
+    assert studies.biased_teacher("mini", "smoke", tmp_path / "mini-smoke", run=None)["table"] is None   # reads only
+    study = studies.biased_teacher("mini", "smoke", tmp_path / "mini-smoke", run=dict(workers=1, progress=False))
+    assert study["folder"] == tmp_path / "mini-smoke-biased-teacher" and study["finished"] == study["cells"] == 4
+    table = study["table"]
+    assert sorted(table["teacher"].unique()) == ["biased", "book"] and len(table) == 8
+    assert table["predicts_digit_differs_rho1"].between(0, 1).all() and table["knn_digit"].between(0, 1).all()
+    assert [t["teacher_recipe"] for t in study["teachers"]] == ["smoke", "smoke-biased"]
+    line = studies.findings("mini", "smoke", tmp_path / "mini-smoke", device="cpu")[2]
+    assert line.startswith("**A biased teacher** (chapter 10): The teacher `smoke`")

@@ -114,18 +114,20 @@ def test_the_book_estimate_prices_each_teacher_and_shared_cell_once(monkeypatch,
     book = estimate.estimate_book("smoke", workers=2)
     # Grids with the same models share a calibration: the main grid's serves the calibration
     # and contrast grids; the K/d ablation's wide student needs its own, and so does the
-    # aligned-layers grid, whose AT the smoke grid (KD and SubDistill) did not measure.
-    assert calls == [["mini-student"], ["mini-student-wide"], ["mini-student"]]
+    # aligned-layers grid, whose AT the smoke grid (KD and SubDistill) did not measure, and the
+    # biased-teacher grid, whose teacher is another.
+    assert calls == [["mini-student"], ["mini-student-wide"], ["mini-student"], ["mini-student"]]
     assert get_grid("smoke").name in book["grids"] and len(book["grids"]) >= 3
-    # The smoke book has one teacher (its contrast grid too): priced once, with the main grid.
-    assert [name for name, e in book["grids"].items() if e["teacher_seconds"] > 0] == ["smoke"]
+    # The smoke book has one teacher (its contrast grid too), priced once with the main grid, and
+    # the biased teacher of chapter 10.
+    assert [name for name, e in book["grids"].items() if e["teacher_seconds"] > 0] == ["smoke", "biased-teacher-smoke"]
     # The quick book: the main world's teacher once (its side grids share it), the contrast
     # world's one-epoch teacher once.
     quick = estimate.estimate_book("quick", workers=2)
     # ... and the contrast world's teacher, another recipe to train, is calibrated anew.
-    assert calls[3:] == [["mini-student"], ["mini-student-wide"], ["mini-student"]]
+    assert calls[4:] == [["mini-student"], ["mini-student-wide"], ["mini-student"], ["mini-student"]]
     assert [name for name, e in quick["grids"].items() if e["teacher_seconds"] > 0] == [
-        "quick", "contrast-one-epoch-teacher"]
+        "quick", "contrast-one-epoch-teacher", "biased-teacher"]
     # The calibration grid's cells that are the quick grid's own (same folder) are priced once.
     shared = {c.key() for c in expand_grid("quick")} & {c.key() for c in expand_grid("calibration")}
     assert quick["grids"]["calibration"]["runs_to_train"] == len(expand_grid("calibration")) - len(shared)

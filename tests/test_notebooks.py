@@ -33,6 +33,7 @@ NOTEBOOKS = {
     "07_results": {"preset": "smoke", "tsne_images": 60, "lrp_images": 16},
     "08_aligned_layers": {"preset": "smoke", "workers": 2},
     "09_alignment_cost": {"preset": "smoke"},
+    "10_biased_teacher": {"preset": "smoke", "workers": 2},
 }
 EXECUTED = os.environ.get("REPROLIB_NOTEBOOKS_EXECUTED") == "1"
 

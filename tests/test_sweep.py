@@ -164,9 +164,11 @@ def test_select_lambda_rejects_bad_input():
 def test_expand_grid_counts_and_kd_has_no_lambda():
     counts = {"smoke": 4, "quick": 3 * 3 * (1 + 4 * 4), "full": 6 * 3 * (1 + 4 * 7),
               "calibration": 2 * 3 * 4 * (1 + 1 * 1), "calibration-full": 2 * 3 * 5 * (1 + 1 * 4),
-              "kd-ablation": 2 * 3 * (1 + 1 * 1), "aligned-layers": 3 * 2 * 2 * 3 * 4}
+              "kd-ablation": 2 * 3 * (1 + 1 * 1), "aligned-layers": 3 * 2 * 2 * 3 * 4,
+              "biased-teacher": 2 * 3 * 5}
     presets = {"smoke": "smoke", "quick": "quick", "full": "full", "calibration": "quick",
-               "calibration-full": "quick", "kd-ablation": "quick", "aligned-layers": "quick"}
+               "calibration-full": "quick", "kd-ablation": "quick", "aligned-layers": "quick",
+               "biased-teacher": "quick"}
     for name, n in counts.items():
         cells = expand_grid(name, "mini")
         assert len(cells) == n, name
