@@ -192,7 +192,7 @@ WORLD_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # The mini teacher's recipes (reprolib.teacher.TEACHER_RECIPES; kept here so that a
 # config is validated without importing torch). "smoke" is for tests only.
-TEACHER_RECIPE_NAMES = ("1-epoch", "10-epoch", "20-epoch", "smoke", "10-epoch-biased", "smoke-biased")
+TEACHER_RECIPE_NAMES = ("1-epoch", "3-epoch", "10-epoch", "20-epoch", "smoke", "10-epoch-biased", "smoke-biased")
 
 
 # ---------------------------------------------------------------------------

@@ -402,13 +402,15 @@ def estimate_book(preset: str, execution: Execution | None = None, *, world: str
                   workers: int = 2, steps: int = 5) -> dict[str, Any]:
     """The estimated training time of the book's sweeps at ``preset`` (chapter 4's main
     grid, its side grids and the contrast world, chapter 8's aligned-layers grid and
-    chapter 10's biased-teacher grid with its teacher, each in its folder of the cache), on
+    chapter 10's biased-teacher grid with its teacher, chapter 11's map with its 3-epoch
+    teacher, each in its folder of the cache; a grid with several teachers is priced per
+    teacher, ``"<grid> (<recipe> teacher)"``), on
     ``workers`` as chapter 4 runs them: ``{"grids": {name: estimate}, "seconds"}``. The analyses of chapters 2, 5-7 (subspaces, t-SNE, LRP) and
     chapter 9's cost measurement are not priced. A calibration is keyed by method and
     student, not by the layer pairs: chapter 8's runs with 1 or 2 pairs are priced at the
     4-pair step (an upper bound, a few per cent: chapter 9 measures the difference)."""
     from . import precondition
-    from .grids import expand_grid, get_grid, grid_for
+    from .grids import AUTHORS_LAMBDA, conditions_grid, expand_grid, get_grid, grid_for
     from .io import cache_dir
 
     main = get_grid(preset)
@@ -419,6 +421,8 @@ def estimate_book(preset: str, execution: Execution | None = None, *, world: str
         contrast = precondition.contrast_grid(preset if preset == "smoke" else "quick")
         grids.append((contrast, out.parent / f"{out.name}-contrast"))
         grids.append((grid_for("biased-teacher", preset), out.parent / f"{out.name}-biased-teacher"))
+        # Chapter 11's λ is the one the main sweep selects most often, known only after it: priced at 100.
+        grids.append((conditions_grid(preset, AUTHORS_LAMBDA), out))
     found: dict[str, Any] = {}
     calibrations: list[Calibration] = []    # grids with the same models share one calibration
     teachers: set[str] = set()
@@ -426,11 +430,14 @@ def estimate_book(preset: str, execution: Execution | None = None, *, world: str
     for grid, folder in grids:
         cells = [c for c in expand_grid(grid, world) if (str(folder), c.key()) not in counted]
         counted |= {(str(folder), c.key()) for c in cells}
-        if not cells:
-            continue
-        teacher = f"{cells[0].teacher}/{cells[0].teacher_recipe}"
-        found[grid.name] = estimate_sweep(cells, folder, execution, workers=workers, steps=steps,
-                                          count_teacher=teacher not in teachers, reuse=calibrations)
-        teachers.add(teacher)
+        # A grid with several teachers (chapter 11's map) is priced per teacher, each trained once.
+        by_teacher: dict[str, list] = {}
+        for c in cells:
+            by_teacher.setdefault(f"{c.teacher}/{c.teacher_recipe}", []).append(c)
+        for teacher, group in by_teacher.items():
+            name = grid.name if len(by_teacher) == 1 else f"{grid.name} ({teacher.split('/')[-1]} teacher)"
+            found[name] = estimate_sweep(group, folder, execution, workers=workers, steps=steps,
+                                         count_teacher=teacher not in teachers, reuse=calibrations)
+            teachers.add(teacher)
     known = [e["seconds"] for e in found.values() if e["seconds"] is not None]
     return {"grids": found, "seconds": round(sum(known), 1) if len(known) == len(found) else None}

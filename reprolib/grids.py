@@ -196,6 +196,28 @@ SMOKE_SIDE_GRIDS: dict[str, SweepGrid] = {
 }
 
 
+# Chapter 11's map: the two knobs of the precondition ladder that moved output-only KD's drop
+# most (the teacher's training: rungs a -> b; the students' crop scale: b -> c), three levels
+# each, so that the map holds the first book's world (1-epoch, 0.5) and the main world (10-epoch, 0.5).
+CONDITIONS_TEACHERS = ("1-epoch", "3-epoch", "10-epoch")
+CONDITIONS_CROPS = ((0.08, 1.0), (0.25, 1.0), (0.5, 1.0))
+SMOKE_CONDITIONS = (("smoke",), ((0.08, 1.0), (0.5, 1.0)))
+
+
+def conditions_grid(preset: str, lam: float):
+    """Chapter 11's grid: output-only KD and SubDistill at λ = ``lam``, ρ ∈ {0, 1}, seeds 1-3,
+    on every (teacher recipe, crop scale) of :data:`CONDITIONS_TEACHERS` × :data:`CONDITIONS_CROPS`
+    (the smoke preset: :data:`SMOKE_CONDITIONS`, one seed)."""
+    smoke = preset == "smoke"
+    teachers, crops = SMOKE_CONDITIONS if smoke else (CONDITIONS_TEACHERS, CONDITIONS_CROPS)
+    return SweepGrid(
+        name="conditions-map" + ("-smoke" if smoke else ""), run_preset="smoke" if smoke else "quick",
+        methods=("kd", "subdistill"), rhos=(0.0, 1.0), seeds=(1,) if smoke else (1, 2, 3), lambdas=(float(lam),),
+        variants=tuple({"teacher_recipe": t, "crop_scale": c} for t in teachers for c in crops),
+        note=f"teacher recipes {', '.join(teachers)} × crop scales {', '.join(f'({a:g}, {b:g})' for a, b in crops)}; "
+             f"KD and SubDistill at lambda {lam:g}")
+
+
 def grid_for(name: str, preset: str) -> SweepGrid:
     """The grid ``name`` as the book runs it beside the ``preset`` sweep: its smoke
     version (:data:`SMOKE_SIDE_GRIDS`) for the smoke preset, else the registered grid."""

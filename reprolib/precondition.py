@@ -340,3 +340,32 @@ def contrast_table(results_by_world: dict, lam: float):
                 rows.append({"world": label, "selection": selection, "effect": r["effect"],
                              "points": fmt_points(r["mean"], r["se"]), "seeds": r["n_seeds"]})
     return pd.DataFrame(rows)
+
+
+def ladder_knobs(ladder: dict | None, world: str = "mini") -> list[dict[str, Any]]:
+    """The knobs the tried rungs turned, by how much each moved output-only KD's drop
+    (oracle rule) away from the main world's: one entry per tried rung other than the main
+    one, ``{"rung", "variant", "knob"`` (the config fields it sets differently from the main
+    variant), ``"drop", "main_drop", "moved"`` (drop − main_drop)}``, largest ``|moved|`` first.
+    Chapter 11's map takes its two axes from the first two."""
+    from .config import MAIN_VARIANT, VARIANTS
+
+    if not ladder:
+        return []
+    main = MAIN_VARIANT.get(world)
+    table = VARIANTS.get(world, {})
+    drops = {r["rung"]: r["mean"] for r in ladder.get("choice", {}).get("rungs", [])}
+    variants = {t["rung"]: t["variant"] for t in ladder.get("tried", [])}
+    main_rung = next((rung for rung, v in variants.items() if v == main), None)
+    if main_rung is None or main_rung not in drops:
+        return []
+    main_fields = table[main].field_dict()
+    out = []
+    for rung, v in variants.items():
+        if rung == main_rung or rung not in drops or v not in table:
+            continue
+        fields = table[v].field_dict()
+        knob = sorted(k for k in set(fields) | set(main_fields) if fields.get(k) != main_fields.get(k))
+        out.append({"rung": rung, "variant": v, "knob": knob, "drop": drops[rung], "main_drop": drops[main_rung],
+                    "moved": drops[rung] - drops[main_rung]})
+    return sorted(out, key=lambda k: -abs(k["moved"]))

@@ -94,17 +94,23 @@ def _share(seconds, cohort_size):
     return seconds / size
 
 
-def with_pair_counts(results: "pd.DataFrame", cells: Iterable[RunConfig]) -> "pd.DataFrame":
-    """``results`` with a ``layer_pair_count`` column: the number of aligned layer pairs of
-    each run's config (looked up by ``config_key`` in ``cells``; 0 for output-only KD, which
-    aligns none). :func:`select_lambda` then chooses λ per count. A run whose key is not
-    among ``cells`` is an error (the table and the grid do not belong together)."""
-    counts = {cfg.key(): (0 if cfg.method == "kd" else len(cfg.layer_pairs)) for cfg in cells}
-    missing = sorted(set(results["config_key"]) - set(counts))
+def with_cell_fields(results: "pd.DataFrame", cells: Iterable[RunConfig], **getters) -> "pd.DataFrame":
+    """``results`` with one column per ``getters`` item (``name=function of a RunConfig``),
+    each run's value looked up by ``config_key`` in ``cells``. A run whose key is not among
+    ``cells`` is an error (the table and the grid do not belong together)."""
+    by_key = {cfg.key(): cfg for cfg in cells}
+    missing = sorted(set(results["config_key"]) - set(by_key))
     if missing:
         raise ReproError(f"{len(missing)} run(s) of the table are not cells of the grid (e.g. {missing[0]}); "
                          "pass the cells the table was collected from")
-    return results.assign(layer_pair_count=[counts[k] for k in results["config_key"]])
+    return results.assign(**{name: [get(by_key[k]) for k in results["config_key"]] for name, get in getters.items()})
+
+
+def with_pair_counts(results: "pd.DataFrame", cells: Iterable[RunConfig]) -> "pd.DataFrame":
+    """``results`` with a ``layer_pair_count`` column (:func:`with_cell_fields`): the number
+    of aligned layer pairs of each run's config (0 for output-only KD, which aligns none).
+    :func:`select_lambda` then chooses λ per count."""
+    return with_cell_fields(results, cells, layer_pair_count=lambda c: 0 if c.method == "kd" else len(c.layer_pairs))
 
 
 def write_results(results: "pd.DataFrame", out_dir: str | os.PathLike, grid: str | None = None,

@@ -97,6 +97,13 @@ def findings(world: str = "mini", preset: str = "quick", sweep_dir: str | os.Pat
                          "building chapter 10 runs it.")
         else:
             lines.append(head + verdicts.finding_biased_teacher(study["table"], study["teachers"]))
+        study = conditions_map(world, preset, sweep_dir, run=None)
+        head = "**When does the artifact win?** (chapter 11): "
+        if study["effects"] is None:
+            lines.append(head + f"not run yet ({study['finished']} of {study['cells'] or 'its'} runs finished); "
+                         "building chapter 11 runs it.")
+        else:
+            lines.append(head + verdicts.finding_conditions(study["effects"]))
     else:
         lines.append(f"The beyond-the-paper studies run in the mini world only; this page's world is {world!r}.")
     return lines
@@ -222,3 +229,35 @@ def biased_teacher(world: str = "mini", preset: str = "quick", out_dir: str | os
              for t, f, name in ((book, main, "book"), (biased, folder, "biased")) if len(t)]
     out["table"] = pd.concat(parts, ignore_index=True) if parts else None
     return out
+
+
+def conditions_map(world: str = "mini", preset: str = "quick", out_dir: str | os.PathLike | None = None,
+                   run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Chapter 11's study: SubDistill's λ is the one the main sweep selects most often for it
+    (:func:`reprolib.verdicts.most_selected_lambda`), the grid (:func:`reprolib.grids.conditions_grid`) runs
+    into the main sweep's folder (its main-world cells are the main grid's own), and each
+    cell's effects are :func:`reprolib.verdicts.conditions_effects`. ``run`` as in
+    :func:`aligned_layers`. Returns ``{"grid", "lambda", "table", "effects", "new",
+    "finished", "cells"}``."""
+    from . import sweep, verdicts
+    from .grids import conditions_grid, expand_grid, get_grid
+    from .results import collect_results, summary_table, with_cell_fields
+
+    if world != "mini":
+        raise ReproError(f"the conditions map varies the mini teacher's training; world {world!r} has none: "
+                         "use world='mini'")
+    main_grid, out = get_grid(preset), sweep_folder(world, preset, out_dir)
+    main = (collect_results(expand_grid(main_grid, world), out) if run is None
+            else sweep.run_sweep(main_grid, out, world=world, **run))
+    if not len(main):
+        return {"grid": None, "lambda": None, "table": None, "effects": None, "new": None, "finished": 0, "cells": None}
+    lam = verdicts.most_selected_lambda(summary_table(main), "subdistill")
+    grid = conditions_grid(preset, lam)
+    cells = expand_grid(grid, world)
+    study = collect_results(cells, out) if run is None else sweep.run_sweep(grid, out, world=world, **run)
+    table = with_cell_fields(study, cells, teacher_recipe=lambda c: c.teacher_recipe,
+                             crop_min=lambda c: float(c.data.crop_scale[0]))
+    new = study[~study["config_key"].isin(set(main["config_key"]))]
+    effects = verdicts.conditions_effects(table) if len(study) == len(cells) else None
+    return {"grid": grid, "lambda": lam, "table": table, "effects": effects, "new": new,
+            "finished": len(study), "cells": len(cells)}

@@ -110,6 +110,7 @@ BIAS_FIELDS = ("digit_share", "digit_classes", "digit_size", "digit_corner")
 # The "smoke" recipe is for tests and CI only: a teacher in seconds, numbers meaningless.
 TEACHER_RECIPES = {
     "1-epoch": TeacherConfig(epochs=1),
+    "3-epoch": TeacherConfig(epochs=3),      # the middle level of the book's map of conditions
     "10-epoch": TeacherConfig(epochs=10),
     "20-epoch": TeacherConfig(epochs=20),
     "smoke": TeacherConfig(epochs=1, train_subset=2000, test_subset=1000, batch_size=64),

@@ -1275,3 +1275,95 @@ def teacher_table(teachers: Sequence[Mapping]):
                           "follows the digit": "yes" if follows_digit(t["predicts_digit_differs"], t["n_digit_differs"],
                                                                        t["classes"]) else "no"} for t in teachers])
 
+
+
+def most_selected_lambda(summary, method: str = "subdistill") -> float:
+    """The λ that the selection summary chooses most often for ``method`` (every ρ, both
+    selection rules); a tie goes to the smaller λ."""
+    lams = [float(x) for x in summary.loc[summary["method"] == method, "lambda_layer"] if _finite(x)]
+    if not lams:
+        raise ValueError(f"the summary has no selected λ for {method!r}")
+    counts = {lam: lams.count(lam) for lam in sorted(set(lams))}
+    return max(counts, key=lambda lam: (counts[lam], -lam))
+
+
+def _paired(table, method_a: str, rho_a: float, method_b: str, rho_b: float, col: str) -> tuple[float, float, int]:
+    """Mean and standard error over seeds of ``a - b`` paired by seed (the same seed's runs
+    share their cohort's batches and teacher outputs)."""
+    def by_seed(m, r):
+        d = table[(table["method"] == m) & ((table["rho"].astype(float) - r).abs() < 1e-9)]
+        return dict(zip(d["seed"].astype(int), d[col].astype(float)))
+
+    a, b = by_seed(method_a, rho_a), by_seed(method_b, rho_b)
+    diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+    mean, std, n = _seed_stats(diffs)
+    return mean, standard_error(std, n), n
+
+
+def conditions_effects(table, selection: str = "oracle"):
+    """Chapter 11's cells: per (``teacher_recipe``, ``crop_min``) of the table, output-only
+    KD's drop from ρ = 0 to ρ = 1 and SubDistill's lead over KD at ρ = 1, each the mean over
+    seeds of the per-seed difference with its standard error, ``drop_met`` (the precondition
+    rule: a drop of at least 10 points beyond seed noise) and ``lead_beyond_noise`` (the lead
+    exceeds its standard error)."""
+    import pandas as pd
+
+    col = "test_accuracy" if selection == "oracle" else "nonoracle_test_accuracy"
+    rows = []
+    for (teacher, crop), cell_runs in table.groupby(["teacher_recipe", "crop_min"], sort=False):
+        drop, drop_se, n = _paired(cell_runs, "kd", 0.0, "kd", 1.0, col)
+        lead, lead_se, m = _paired(cell_runs, "subdistill", 1.0, "kd", 1.0, col)
+        rows.append({"teacher_recipe": teacher, "crop_min": float(crop), "kd_drop": drop, "kd_drop_se": drop_se,
+                     "lead": lead, "lead_se": lead_se, "n_seeds": min(n, m),
+                     "drop_met": n >= 2 and drop >= PRECONDITION_DROP and exceeds(drop, drop_se),
+                     "lead_beyond_noise": exceeds(lead, lead_se)})
+    return pd.DataFrame(rows)
+
+
+def _pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    pts = [(a, b) for a, b in zip(x, y) if _finite(a) and _finite(b)]
+    if len(pts) < 3:
+        return math.nan
+    mx, my = sum(a for a, _ in pts) / len(pts), sum(b for _, b in pts) / len(pts)
+    sxy = sum((a - mx) * (b - my) for a, b in pts)
+    sx, sy = math.sqrt(sum((a - mx) ** 2 for a, _ in pts)), math.sqrt(sum((b - my) ** 2 for _, b in pts))
+    return sxy / (sx * sy) if sx > 0 and sy > 0 else math.nan
+
+
+TRACKS_R = 0.5
+
+
+def finding_conditions(effects) -> str:
+    """Chapter 11's sentence: in which cells SubDistill's lead exceeds seed noise, in which
+    KD's drop meets the precondition, and whether the lead **tracks** KD's drop: the rule is
+    a Pearson correlation of at least 0.5 between the two across the cells (at least three)."""
+    if effects is None or not len(effects):
+        return "The map has no finished cell."
+
+    def where(rows) -> str:
+        return _join([f"{r['teacher_recipe']} teacher, crop ({r['crop_min']:g}, 1)" for _, r in rows.iterrows()]) or "none"
+
+    lead, met = effects[effects["lead_beyond_noise"]], effects[effects["drop_met"]]
+    r = _pearson(effects["kd_drop"], effects["lead"])
+    parts = [f"SubDistill leads output-only KD at ρ = 1 beyond seed noise in {len(lead)} of {len(effects)} cells "
+             f"({where(lead)}); KD's drop from ρ = 0 to ρ = 1 meets the precondition (at least "
+             f"{PRECONDITION_DROP * 100:g} points beyond noise) in {len(met)} ({where(met)})."]
+    if not _finite(r):
+        parts.append("With fewer than three cells (or no spread) the map cannot say whether the lead tracks KD's drop.")
+    else:
+        parts.append(f"Across the cells the lead {'tracks' if r >= TRACKS_R else 'does not track'} KD's drop "
+                     f"(Pearson r = {r:.2f}; the rule asks for at least {TRACKS_R:g}).")
+    return " ".join(parts)
+
+
+def finding_map_axes(knobs: Sequence[Mapping]) -> str:
+    """Chapter 11's axes in words: the knobs of :func:`reprolib.precondition.ladder_knobs`,
+    the two that moved output-only KD's drop most first."""
+    if not knobs:
+        return "The precondition ladder has no measured rung besides the main world's: the map's axes are not chosen by it."
+    main = knobs[0]["main_drop"]
+    told = "; ".join(f"{' and '.join(k['knob']) or 'no config field'} (rung {k['rung']}, {k['variant']}: a drop of "
+                     f"{100 * k['drop']:.1f} points, {100 * abs(k['moved']):.1f} {'less' if k['moved'] < 0 else 'more'} "
+                     "than the main world's)" for k in knobs)
+    return (f"Output-only KD loses {100 * main:.1f} points from ρ = 0 to ρ = 1 in the main world (oracle rule). The "
+            f"ladder's other rungs moved that drop by, largest first: {told}. The map's axes are the first two.")

@@ -345,3 +345,73 @@ def test_the_biased_teacher_study_at_smoke(tmp_path):
     assert [t["teacher_recipe"] for t in study["teachers"]] == ["smoke", "smoke-biased"]
     line = studies.findings("mini", "smoke", tmp_path / "mini-smoke", device="cpu")[2]
     assert line.startswith("**A biased teacher** (chapter 10): The teacher `smoke`")
+
+
+# ---------------------------------------------------------------------------
+# Chapter 11: the map of conditions
+def test_the_maps_axes_are_the_ladders_two_largest_knobs():
+    from pathlib import Path
+
+    from reprolib import precondition
+    from reprolib.grids import CONDITIONS_CROPS, CONDITIONS_TEACHERS, conditions_grid
+
+    knobs = precondition.ladder_knobs(precondition.load_ladder(Path(__file__).resolve().parents[1] / "benchmarks" / "results"))
+    assert [k["knob"] for k in knobs[:2]] == [["teacher_recipe"], ["crop_scale"]]
+    assert "The map's axes are the first two" in verdicts.finding_map_axes(knobs)
+    assert "not chosen by it" in verdicts.finding_map_axes([])
+    # The map holds the main world and the first book's world.
+    assert {"1-epoch", "10-epoch"} <= set(CONDITIONS_TEACHERS) and (0.5, 1.0) in CONDITIONS_CROPS
+    cells = expand_grid(conditions_grid("quick", 100.0), "mini")
+    assert len(cells) == 9 * 2 * 2 * 3
+    quick = {c.key() for c in expand_grid("quick", "mini")}
+    main_cell = {c.key() for c in cells if c.teacher_recipe == "10-epoch" and c.data.crop_scale == (0.5, 1.0)}
+    assert len(main_cell) == 12 and main_cell <= quick
+
+
+def test_the_most_selected_lambda():
+    s = pd.DataFrame({"method": ["subdistill"] * 4 + ["kd"], "lambda_layer": [10.0, 100.0, 100.0, 10.0, math.nan]})
+    assert verdicts.most_selected_lambda(s) == 10.0                    # a tie goes to the smaller
+    assert verdicts.most_selected_lambda(s.iloc[1:]) == 100.0
+    with pytest.raises(ValueError):
+        verdicts.most_selected_lambda(s, "at")
+
+
+def _map_table(cells: dict, seeds=(1, 2, 3)) -> pd.DataFrame:
+    """``cells[(teacher, crop)] = (kd0, kd1, sub1)`` test accuracies; per-seed noise 0.01."""
+    rows = []
+    for (teacher, crop), (kd0, kd1, sub1) in cells.items():
+        for s in seeds:
+            e = 0.01 * (s - 2)
+            for method, rho, acc in (("kd", 0.0, kd0 + e), ("kd", 1.0, kd1 - e), ("subdistill", 1.0, sub1 + e)):
+                rows.append(dict(teacher_recipe=teacher, crop_min=crop, method=method, rho=rho, seed=s,
+                                 test_accuracy=acc, nonoracle_test_accuracy=acc))
+    return pd.DataFrame(rows)
+
+
+def test_the_conditions_rule_and_figure():
+    table = _map_table({("1-epoch", 0.5): (0.80, 0.78, 0.78), ("3-epoch", 0.5): (0.82, 0.70, 0.78),
+                        ("10-epoch", 0.5): (0.82, 0.62, 0.80), ("10-epoch", 0.08): (0.80, 0.70, 0.74)})
+    effects = verdicts.conditions_effects(table).set_index(["teacher_recipe", "crop_min"])
+    assert effects.loc[("10-epoch", 0.5), "kd_drop"] == pytest.approx(0.20)
+    assert effects.loc[("10-epoch", 0.5), "lead"] == pytest.approx(0.18)
+    assert effects.loc[("10-epoch", 0.5), "kd_drop_se"] == pytest.approx(0.02 / math.sqrt(3))   # paired by seed
+    assert bool(effects.loc[("10-epoch", 0.5), "drop_met"]) and not bool(effects.loc[("1-epoch", 0.5), "drop_met"])
+    assert not bool(effects.loc[("1-epoch", 0.5), "lead_beyond_noise"])
+    text = verdicts.finding_conditions(effects.reset_index())
+    assert "in 3 of 4 cells" in text and "tracks KD's drop (Pearson r = " in text
+    flat = _map_table({("a", 0.5): (0.8, 0.7, 0.7), ("b", 0.5): (0.8, 0.6, 0.6)})
+    assert "cannot say" in verdicts.finding_conditions(verdicts.conditions_effects(flat))
+    fig = figures.conditions_map(effects.reset_index(), main=("10-epoch", 0.5), first=("1-epoch", 0.5))
+    assert len(fig.get_axes()) == 4 and len(fig.get_axes()[0].patches) == 2      # two heatmaps, two colour bars
+
+
+@pytest.mark.slow
+def test_the_conditions_map_at_smoke(tmp_path):
+    from reprolib import studies
+
+    assert studies.conditions_map("mini", "smoke", tmp_path, run=None)["effects"] is None      # reads only
+    study = studies.conditions_map("mini", "smoke", tmp_path, run=dict(workers=1, progress=False))
+    assert study["lambda"] == 1.0 and study["finished"] == study["cells"] == 8
+    assert len(study["new"]) == 4                                   # the crop-0.5 cell is the smoke grid's own
+    assert sorted(study["effects"]["crop_min"]) == [0.08, 0.5]
+    assert studies.findings("mini", "smoke", tmp_path, device="cpu")[3].startswith("**When does the artifact win?**")

@@ -125,9 +125,10 @@ def test_the_book_estimate_prices_each_teacher_and_shared_cell_once(monkeypatch,
     # world's one-epoch teacher once.
     quick = estimate.estimate_book("quick", workers=2)
     # ... and the contrast world's teacher, another recipe to train, is calibrated anew.
-    assert calls[4:] == [["mini-student"], ["mini-student-wide"], ["mini-student"], ["mini-student"]]
+    # ... and so are the biased teacher and chapter 11's 3-epoch teacher.
+    assert calls[4:] == [["mini-student"], ["mini-student-wide"], ["mini-student"], ["mini-student"], ["mini-student"]]
     assert [name for name, e in quick["grids"].items() if e["teacher_seconds"] > 0] == [
-        "quick", "contrast-one-epoch-teacher", "biased-teacher"]
+        "quick", "contrast-one-epoch-teacher", "biased-teacher", "conditions-map (3-epoch teacher)"]
     # The calibration grid's cells that are the quick grid's own (same folder) are priced once.
     shared = {c.key() for c in expand_grid("quick")} & {c.key() for c in expand_grid("calibration")}
     assert quick["grids"]["calibration"]["runs_to_train"] == len(expand_grid("calibration")) - len(shared)

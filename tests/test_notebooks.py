@@ -34,6 +34,7 @@ NOTEBOOKS = {
     "08_aligned_layers": {"preset": "smoke", "workers": 2},
     "09_alignment_cost": {"preset": "smoke"},
     "10_biased_teacher": {"preset": "smoke", "workers": 2},
+    "11_conditions_map": {"preset": "smoke", "workers": 2},
 }
 EXECUTED = os.environ.get("REPROLIB_NOTEBOOKS_EXECUTED") == "1"
 
