@@ -77,36 +77,30 @@ def findings(world: str = "mini", preset: str = "quick", sweep_dir: str | os.Pat
     from . import cost, verdicts
     from .devices import resolve_device
 
-    lines = []
-    if world == "mini":
-        study = aligned_layers(world, preset, sweep_dir, run=None)
-        head = "**How many aligned layers** (chapter 8): "
-        if study["finished"] < study["cells"]:
-            lines.append(head + f"not run yet ({study['finished']} of {study['cells']} runs finished); "
-                         "building chapter 8 runs it.")
-        else:
-            lines.append(head + verdicts.finding_aligned_layers(study["summary"], "oracle"))
-        report = cost.kept_report(preset, resolve_device(device), threads)
-        head = "**What deeper alignment costs** (chapter 9): "
-        lines.append(head + (verdicts.finding_alignment_cost(report) if report is not None else
-                             "not measured yet on this machine; building chapter 9 measures it."))
-        study = biased_teacher(world, preset, sweep_dir, run=None)
-        head = "**A biased teacher** (chapter 10): "
-        if study["table"] is None:
-            lines.append(head + f"not run yet ({study['finished']} of {study['cells']} runs finished); "
-                         "building chapter 10 runs it.")
-        else:
-            lines.append(head + verdicts.finding_biased_teacher(study["table"], study["teachers"]))
-        study = conditions_map(world, preset, sweep_dir, run=None)
-        head = "**When does the artifact win?** (chapter 11): "
-        if study["effects"] is None:
-            lines.append(head + f"not run yet ({study['finished']} of {study['cells'] or 'its'} runs finished); "
-                         "building chapter 11 runs it.")
-        else:
-            lines.append(head + verdicts.finding_conditions(study["effects"]))
-    else:
-        lines.append(f"The beyond-the-paper studies run in the mini world only; this page's world is {world!r}.")
-    return lines
+    if world != "mini":
+        return [f"The beyond-the-paper studies run in the mini world only; this page's world is {world!r}."]
+
+    def trained(title: str, chapter: int, study: dict, done: bool, sentence) -> str:
+        if not done:
+            return (f"**{title}** (chapter {chapter}): not run yet ({study['finished']} of {study['cells'] or 'its'} "
+                    f"runs finished); building chapter {chapter} runs it.")
+        return f"**{title}** (chapter {chapter}): " + sentence()
+
+    layers = aligned_layers(world, preset, sweep_dir, run=None)
+    report = cost.kept_report(preset, resolve_device(device), threads)
+    biased = biased_teacher(world, preset, sweep_dir, run=None)
+    conditions = conditions_map(world, preset, sweep_dir, run=None)
+    return [
+        trained("How many aligned layers", 8, layers, layers["finished"] == layers["cells"],
+                lambda: verdicts.finding_aligned_layers(layers["summary"], "oracle")),
+        "**What deeper alignment costs** (chapter 9): " + (
+            verdicts.finding_alignment_cost(report) if report is not None
+            else "not measured yet on this machine; building chapter 9 measures it."),
+        trained("A biased teacher", 10, biased, biased["table"] is not None,
+                lambda: verdicts.finding_biased_teacher(biased["table"], biased["teachers"])),
+        trained("When does the artifact win?", 11, conditions, conditions["effects"] is not None,
+                lambda: verdicts.finding_conditions(conditions["effects"])),
+    ]
 
 
 def teacher_digit_following(teacher_recipe: str, world: str = "mini", preset: str = "quick",

@@ -414,4 +414,4 @@ def test_the_conditions_map_at_smoke(tmp_path):
     assert study["lambda"] == 1.0 and study["finished"] == study["cells"] == 8
     assert len(study["new"]) == 4                                   # the crop-0.5 cell is the smoke grid's own
     assert sorted(study["effects"]["crop_min"]) == [0.08, 0.5]
-    assert studies.findings("mini", "smoke", tmp_path, device="cpu")[3].startswith("**When does the artifact win?**")
+    assert studies.findings("mini", "smoke", tmp_path, device="cpu")[3].startswith("**When does the artifact win?** (chapter 11): SubDistill")
