@@ -694,8 +694,10 @@ def conditions_map(effects, main: tuple[str, float] | None = None, first: tuple[
         for i in range(len(teachers)):
             for j in range(len(crops)):
                 if np.isfinite(grid[i, j]):
+                    # White text only on dark cells: far from 0 on the diverging scale, high on the sequential one.
+                    dark = (abs(grid[i, j]) if centred else grid[i, j]) > 0.6 * lim
                     ax.text(j, i, f"{grid[i, j]:+.1f}\n± {ses[i, j]:.1f}", ha="center", va="center", fontsize=7,
-                            color="white" if abs(grid[i, j]) > 0.6 * lim else "black")
+                            color="white" if dark else "black")
         for cell, ls in ((main, "-"), (first, "--")):
             if cell and cell[0] in teachers and float(cell[1]) in crops:
                 ax.add_patch(Rectangle((crops.index(float(cell[1])) - 0.5, teachers.index(cell[0]) - 0.5), 1, 1,

@@ -403,6 +403,11 @@ def test_the_conditions_rule_and_figure():
     assert "cannot say" in verdicts.finding_conditions(verdicts.conditions_effects(flat))
     fig = figures.conditions_map(effects.reset_index(), main=("10-epoch", 0.5), first=("1-epoch", 0.5))
     assert len(fig.get_axes()) == 4 and len(fig.get_axes()[0].patches) == 2      # two heatmaps, two colour bars
+    # A negative drop sits on the sequential map's lightest colour: its text is black, not white.
+    neg = _map_table({("a", 0.5): (0.70, 0.74, 0.74), ("b", 0.5): (0.80, 0.60, 0.60)})
+    texts = {t.get_text().split("\n")[0]: t.get_color() for t in
+             figures.conditions_map(verdicts.conditions_effects(neg)).get_axes()[0].texts}
+    assert texts["-4.0"] == "black" and texts["+20.0"] == "white"
 
 
 @pytest.mark.slow
