@@ -619,7 +619,7 @@ def accuracy_vs_pairs(summary, selection: str | None = "oracle", chance: float =
         kd = at_rho[at_rho["method"] == "kd"]
         if len(kd):
             mean, std = float(kd["test_accuracy_mean"].iloc[0]), float(np.nan_to_num(kd["test_accuracy_std"].iloc[0]))
-            ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, label=method_label("kd") + " (no layer pairs)")
+            ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, label=method_label("kd") + ", no layer pairs")
             ax.axhspan(mean - std, mean + std, color="black", alpha=0.08, linewidth=0)
         ax.axhline(chance, color="#777777", linestyle=":", linewidth=1)
         _pairs_axis(ax, counts)
