@@ -420,3 +420,10 @@ def test_the_conditions_map_at_smoke(tmp_path):
     assert len(study["new"]) == 4                                   # the crop-0.5 cell is the smoke grid's own
     assert sorted(study["effects"]["crop_min"]) == [0.08, 0.5]
     assert studies.findings("mini", "smoke", tmp_path, device="cpu")[3].startswith("**When does the artifact win?** (chapter 11): SubDistill")
+
+
+def test_a_failed_memory_process_is_one_clear_error():
+    with pytest.raises(ReproError, match=r"measuring the memory of kd at 0 pair\(s\) failed: error: .*preset"):
+        cost.peak_memory(preset="huge", counts=(1,), parallel=2)
+    with pytest.raises(ReproError, match="positive integers"):
+        cost.peak_memory(preset="smoke", parallel=0)
