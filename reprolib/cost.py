@@ -64,6 +64,17 @@ def cost_config(method: str, pairs: int, preset: str = "quick", world: str = "mi
                        layer_pairs=MINI_PAIR_SETS[pairs], **extra)
 
 
+def _first_batches(cohort, n: int) -> list:
+    """The first ``n`` (input, label) batches of ``cohort``'s loader, drawn once so that every
+    timed or measured step sees the same data."""
+    batches = []
+    for x, y, *_ in cohort._batches():
+        batches.append((x, y))
+        if len(batches) == n:
+            break
+    return batches
+
+
 def time_cohorts(cohorts: dict, steps: int, rounds: int) -> dict:
     """Seconds per training step of each cohort of ``cohorts`` (any keys), one value per round:
     the same ``steps`` pre-drawn batches for all, two warm-up steps each, then ``rounds``
@@ -75,11 +86,7 @@ def time_cohorts(cohorts: dict, steps: int, rounds: int) -> dict:
     if steps < 1 or rounds < 1:
         raise ReproError(f"steps and rounds must be positive integers (got {steps}, {rounds})")
     some = next(iter(cohorts.values()))
-    batches = []
-    for x, y, *_ in some._batches():
-        batches.append((x, y))
-        if len(batches) == steps:
-            break
+    batches = _first_batches(some, steps)
     for c in cohorts.values():      # warm-up: allocator, oneDNN primitives
         for m in c.members:
             m.student.train(), m.method.train()
@@ -129,11 +136,7 @@ def peak_memory_one(method: str, pairs: int, preset: str = "quick", device: str 
     from .devices import Execution
 
     cohort = Cohort([cost_config(method, pairs, preset=preset, teacher_recipe=teacher_recipe)], Execution(device=device))
-    batches = []
-    for x, y, *_ in cohort._batches():
-        batches.append((x, y))
-        if len(batches) == 3:
-            break
+    batches = _first_batches(cohort, 3)
     for m in cohort.members:
         m.student.train(), m.method.train()
     if cohort.dev.type == "cuda":

@@ -304,27 +304,37 @@ def task_seconds(members: Sequence[RunConfig], cal: Calibration) -> float:
     return teacher + fits + students
 
 
-def makespan_seconds(tasks: Sequence[Sequence[RunConfig]], workers: int, cal: Calibration) -> float:
-    """Wall seconds of ``tasks`` on ``workers``: longest first, each to the first free worker."""
+def makespan_seconds(tasks: Sequence[Sequence[RunConfig]], workers: int, cal) -> float:
+    """Wall seconds of ``tasks`` on ``workers``: longest first, each to the first free worker.
+    ``cal``: a :class:`Calibration`, or a function giving each task's."""
+    cal_of = cal if callable(cal) else (lambda _task: cal)
     free = [0.0] * max(1, workers)
-    for cost in sorted((task_seconds(t, cal) for t in tasks), reverse=True):
+    for cost in sorted((task_seconds(t, cal_of(t)) for t in tasks), reverse=True):
         heapq.heappush(free, heapq.heappop(free) + cost)
     return max(free)
 
 
+def _teacher_id(cfg: RunConfig) -> str:
+    return f"{cfg.teacher}/{cfg.teacher_recipe}"
+
+
 def estimate_sweep(cells: Sequence[RunConfig], out_dir, execution: Execution | None = None, *,
                    workers: int = 1, split: bool = True, calibration: Calibration | None = None,
-                   steps: int = 5, count_teacher: bool = True,
+                   steps: int = 5, count_teacher: bool = True, counted_teachers: set[str] | None = None,
                    reuse: list[Calibration] | None = None) -> dict[str, Any]:
     """The estimated time of what is not yet finished of ``cells`` in ``out_dir``, on
     ``workers`` (each with ``execution.threads``, default ``cpu_count // workers``).
 
     Returns ``{"seconds", "runs_to_train", "runs_finished", "cohorts", "teacher_seconds",
-    "calibration"}``; ``seconds`` includes training the mini teacher when it is not
-    cached (unless ``count_teacher=False``: another grid already counts it). ``reuse``: a
-    list of earlier calibrations, one of which is used when it measured everything these
-    cells need on this execution; a new calibration is appended to it. Nothing is
-    trained or written.
+    "teachers", "calibration"}``; ``seconds`` includes training every mini teacher of the
+    cells that is not cached (each once; a grid may hold several, as chapter 11's map
+    does) unless ``count_teacher=False`` or the teacher is in ``counted_teachers`` (another
+    grid already counts it; the teachers priced here are added to that set).
+    ``calibration``: one measured for these cells (used for every teacher); else each
+    teacher's cells are calibrated apart. ``reuse``: a list of earlier calibrations, one of
+    which is used when it measured everything a teacher's cells need on this execution; a
+    new calibration is appended to it. ``"calibration"`` reports the first teacher's.
+    Nothing is trained or written.
     """
     from pathlib import Path
 
@@ -341,31 +351,43 @@ def estimate_sweep(cells: Sequence[RunConfig], out_dir, execution: Execution | N
         execution = dataclasses.replace(execution, threads=max(1, cpu_count() // workers))
     out_dir = Path(out_dir)
     todo = [c for c in cells if check_run(run_dir_for(out_dir, c), c.key()) is not None]
-    cfg0 = cells[0] if cells else None
-    need_teacher = bool(todo) and cfg0.teacher == "mini-teacher" and not (
-        teacher_dir(recipe(cfg0.teacher_recipe, cfg0.data.image_size)) / "teacher.pt").is_file()
     if not todo:
         return {"seconds": 0.0, "runs_to_train": 0, "runs_finished": len(cells), "cohorts": 0,
-                "teacher_seconds": 0.0, "calibration": None}
+                "teacher_seconds": 0.0, "teachers": [], "calibration": None}
     if any(steps_per_epoch(c) is None for c in todo):
         # The paper world's pool is whatever the ImageNet folder holds: not known from the config.
         return {"seconds": None, "runs_to_train": len(todo), "runs_finished": len(cells) - len(todo),
-                "cohorts": len(group_cohorts(todo)), "teacher_seconds": None, "calibration": None,
+                "cohorts": len(group_cohorts(todo)), "teacher_seconds": None, "teachers": [], "calibration": None,
                 "why_none": "the training-set size is not known from the config (the paper world's pool "
                             "is what its image folder holds), so the steps cannot be counted"}
-    cal = calibration or next((c for c in (reuse or []) if _covers(c, todo, execution, need_teacher)), None)
-    if cal is None:
-        cal = calibrate(todo, execution, steps=steps, teacher_training=need_teacher)
-        if reuse is not None:
-            reuse.append(cal)
+    by_teacher: dict[str, list[RunConfig]] = {}
+    for c in todo:
+        by_teacher.setdefault(_teacher_id(c), []).append(c)
+    counted = counted_teachers if counted_teachers is not None else set()
+    cals: dict[str, Calibration] = {}
+    teacher_s = 0.0
+    for tid, group in by_teacher.items():
+        cfg0 = group[0]
+        need = cfg0.teacher == "mini-teacher" and not (
+            teacher_dir(recipe(cfg0.teacher_recipe, cfg0.data.image_size)) / "teacher.pt").is_file()
+        cal = calibration or next((c for c in (reuse or []) if _covers(c, group, execution, need)), None)
+        if cal is None:
+            cal = calibrate(group, execution, steps=steps, teacher_training=need)
+            if reuse is not None:
+                reuse.append(cal)
+        cals[tid] = cal
+        if need and count_teacher and tid not in counted:
+            teacher_s += teacher_training_seconds(cfg0, cal)
+        counted.add(tid)
     cohorts = group_cohorts(todo)
-    need_teacher = need_teacher and count_teacher
     tasks = plan_tasks(cohorts, workers if split else 1)
-    teacher_s = teacher_training_seconds(cfg0, cal) if need_teacher else 0.0
-    seconds = teacher_s + makespan_seconds(tasks, workers, cal)
+    seconds = teacher_s + makespan_seconds(tasks, workers, lambda task: cals[_teacher_id(task[0])])
+    first = next(iter(cals.values()))
     return {"seconds": round(seconds, 1), "runs_to_train": len(todo), "runs_finished": len(cells) - len(todo),
             "cohorts": len(cohorts), "tasks": len(tasks), "workers": workers,
-            "teacher_seconds": round(teacher_s, 1), "calibration": cal.to_dict()}
+            "teacher_seconds": round(teacher_s, 1), "teachers": [t.split("/", 1)[1] for t in by_teacher],
+            "calibration": {**first.to_dict(), "calibration_seconds": sum(c.calibration_seconds for c in
+                                                                          {id(c): c for c in cals.values()}.values())}}
 
 
 def _covers(cal: Calibration, cfgs: Sequence[RunConfig], execution: Execution, teacher: bool) -> bool:
@@ -403,8 +425,7 @@ def estimate_book(preset: str, execution: Execution | None = None, *, world: str
     """The estimated training time of the book's sweeps at ``preset`` (chapter 4's main
     grid, its side grids and the contrast world, chapter 8's aligned-layers grid and
     chapter 10's biased-teacher grid with its teacher, chapter 11's map with its 3-epoch
-    teacher, each in its folder of the cache; a grid with several teachers is priced per
-    teacher, ``"<grid> (<recipe> teacher)"``), on
+    teacher, each in its folder of the cache; every teacher's training once), on
     ``workers`` as chapter 4 runs them: ``{"grids": {name: estimate}, "seconds"}``. The analyses of chapters 2, 5-7 (subspaces, t-SNE, LRP) and
     chapter 9's cost measurement are not priced. A calibration is keyed by method and
     student, not by the layer pairs: chapter 8's runs with 1 or 2 pairs are priced at the
@@ -425,19 +446,12 @@ def estimate_book(preset: str, execution: Execution | None = None, *, world: str
         grids.append((conditions_grid(preset, AUTHORS_LAMBDA), out))
     found: dict[str, Any] = {}
     calibrations: list[Calibration] = []    # grids with the same models share one calibration
-    teachers: set[str] = set()
+    teachers: set[str] = set()              # each teacher's training is priced once, by the first grid needing it
     counted: set[tuple[str, str]] = set()   # a cell that two grids share in one folder is priced once
     for grid, folder in grids:
         cells = [c for c in expand_grid(grid, world) if (str(folder), c.key()) not in counted]
         counted |= {(str(folder), c.key()) for c in cells}
-        # A grid with several teachers (chapter 11's map) is priced per teacher, each trained once.
-        by_teacher: dict[str, list] = {}
-        for c in cells:
-            by_teacher.setdefault(f"{c.teacher}/{c.teacher_recipe}", []).append(c)
-        for teacher, group in by_teacher.items():
-            name = grid.name if len(by_teacher) == 1 else f"{grid.name} ({teacher.split('/')[-1]} teacher)"
-            found[name] = estimate_sweep(group, folder, execution, workers=workers, steps=steps,
-                                         count_teacher=teacher not in teachers, reuse=calibrations)
-            teachers.add(teacher)
+        found[grid.name] = estimate_sweep(cells, folder, execution, workers=workers, steps=steps,
+                                          counted_teachers=teachers, reuse=calibrations)
     known = [e["seconds"] for e in found.values() if e["seconds"] is not None]
     return {"grids": found, "seconds": round(sum(known), 1) if len(known) == len(found) else None}

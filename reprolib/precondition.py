@@ -127,12 +127,9 @@ def group_kd_floor(probs, groups, temperature: float) -> float:
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    n = len(vals)
-    if n == 0:
-        return {"mean": math.nan, "std": math.nan, "n": 0}
-    mean = sum(vals) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else math.nan
+    from .verdicts import seed_stats
+
+    mean, std, n = seed_stats(values)
     return {"mean": mean, "std": std, "n": n}
 
 

@@ -17,6 +17,7 @@ The rules that turn the numbers into sentences are in :mod:`reprolib.verdicts`.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -152,27 +153,42 @@ def _knn_digit(model, layer: str, world, n: int) -> float:
     return knn_agreement(f, d[:n].numpy())
 
 
-def digit_following(results, folder: str | os.PathLike, knn_images: int = 600) -> "Any":
+def digit_following(results, folder: str | os.PathLike, knn_images: int = 600,
+                    cache: str | os.PathLike | None = None) -> "Any":
     """Every run's digit-following on the random-digit test set of its world at ρ = 1,
     whatever ρ it was distilled at (a ρ = 0 student's own test set has no digit, D4):
     ``results`` with ``predicts_digit_differs_rho1`` (the share of the images whose digit
     differs from their label that the student classifies as the digit; chance 1/K),
     ``accuracy_digit_differs_rho1`` and ``knn_digit`` (the kNN digit agreement of its last
     aligned layer's pooled features on the first ``knn_images`` of those images). The
-    best-validation (oracle) checkpoint of each run."""
+    best-validation (oracle) checkpoint of each run.
+
+    ``cache``: a JSON file keeping each run's three numbers (by run folder, for this
+    ``knn_images``), written after every newly measured run; runs found there are not
+    measured again, so the results page reads what chapter 10 measured."""
     import torch
 
     from .evaluation import predict, split_accuracies
+    from .io import read_json, write_json
     from .rundirs import load_student
 
+    known: dict[str, list] = {}
+    if cache is not None and Path(cache).is_file():
+        kept = read_json(cache)
+        if isinstance(kept, dict) and kept.get("knn_images") == knn_images and isinstance(kept.get("runs"), dict):
+            known = dict(kept["runs"])
     worlds: dict[str, Any] = {}
     rows = []
     for run_dir in results["run_dir"]:
-        student, cfg = load_student(Path(folder) / run_dir)
-        world = _rho1_world(cfg, worlds)
-        m = split_accuracies(*predict(student, world, "test", torch.device("cpu")))
-        rows.append((m["predicts_digit_differs"], m["accuracy_digit_differs"],
-                     _knn_digit(student, cfg.layer_pairs[-1][1], world, knn_images)))
+        if str(run_dir) not in known:
+            student, cfg = load_student(Path(folder) / run_dir)
+            world = _rho1_world(cfg, worlds)
+            m = split_accuracies(*predict(student, world, "test", torch.device("cpu")))
+            known[str(run_dir)] = [m["predicts_digit_differs"], m["accuracy_digit_differs"],
+                                   _knn_digit(student, cfg.layer_pairs[-1][1], world, knn_images)]
+            if cache is not None:
+                write_json(cache, {"knn_images": knn_images, "runs": known})
+        rows.append(tuple(math.nan if v is None else float(v) for v in known[str(run_dir)]))
     follows, accuracy, knn = zip(*rows) if rows else ((), (), ())
     return results.assign(predicts_digit_differs_rho1=list(follows), accuracy_digit_differs_rho1=list(accuracy),
                           knn_digit=list(knn))
@@ -183,8 +199,9 @@ def biased_teacher(world: str = "mini", preset: str = "quick", out_dir: str | os
     """Chapter 10's study: every method distilled from the biased teacher (grid
     ``biased-teacher``, in ``<main sweep folder>-biased-teacher``) and from the book's
     teacher (the same cells without the override: the main grid's own, in its folder),
-    each run's digit-following (:func:`digit_following`) and both teachers' own
-    (:func:`teacher_digit_following`).
+    each run's digit-following (:func:`digit_following`, kept in the biased runs' folder as
+    ``digit-following-book.json`` and ``digit-following-biased.json``, so that reading the
+    study again measures nothing) and both teachers' own (:func:`teacher_digit_following`).
 
     ``run`` as in :func:`aligned_layers` (None: read the finished runs only, and stop
     there while the biased grid is unfinished). Returns ``{"grid", "table"`` (one row per
@@ -219,7 +236,7 @@ def biased_teacher(world: str = "mini", preset: str = "quick", out_dir: str | os
         return out            # reading only: the teachers may not be trained yet, and nothing is trained here
     out["teachers"] = [teacher_digit_following(r, world, grid.run_preset)
                        for r in (book_cells[0].teacher_recipe, cells[0].teacher_recipe)]
-    parts = [digit_following(t, f).assign(teacher=name)
+    parts = [digit_following(t, f, cache=folder / f"digit-following-{name}.json").assign(teacher=name)
              for t, f, name in ((book, main, "book"), (biased, folder, "biased")) if len(t)]
     out["table"] = pd.concat(parts, ignore_index=True) if parts else None
     return out

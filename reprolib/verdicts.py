@@ -157,6 +157,19 @@ def _finite(x) -> bool:
         return False
 
 
+def seed_stats(values) -> tuple[float, float, int]:
+    """Mean, standard deviation (ddof 1) and count of the finite values among ``values`` (one
+    per seed); the deviation is NaN for a single value and both are NaN for none. The one
+    seed statistic of the verdicts, the ladder (:mod:`reprolib.precondition`) and the
+    summary tables (:func:`reprolib.results.summarise`)."""
+    v = [float(x) for x in values if _finite(x)]
+    if not v:
+        return math.nan, math.nan, 0
+    mean = sum(v) / len(v)
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else math.nan
+    return mean, std, len(v)
+
+
 def _seed_note(*cells: Cell) -> str:
     n = min((c.n for c in cells if c.ok), default=0)
     return " One seed: no seed-noise estimate." if n < 2 else ""
@@ -673,9 +686,8 @@ def calibration_effects(runs, selection: str = "oracle"):
     rows = []
     for name_, series in effects.items():
         for value, g in series.dropna().groupby(level=size):
-            n = int(g.count())
-            std = float(g.std(ddof=1)) if n > 1 else math.nan
-            rows.append({size: int(value), "effect": name_, "mean": float(g.mean()), "std": std,
+            mean, std, n = seed_stats(g)
+            rows.append({size: int(value), "effect": name_, "mean": mean, "std": std,
                          "n_seeds": n, "se": standard_error(std, n)})
     return pd.DataFrame(rows, columns=[size, "effect", "mean", "std", "n_seeds", "se"])
 
@@ -955,13 +967,10 @@ def rung_drop(rung: str, acc_rho0: Mapping[int, float], acc_rho1: Mapping[int, f
     meets the precondition: mean at least ``min_drop``, larger than its standard error
     (the verdicts' seed-noise rule), over at least ``min_seeds`` seeds."""
     seeds = sorted(set(acc_rho0) & set(acc_rho1))
-    drops = [float(acc_rho0[s]) - float(acc_rho1[s]) for s in seeds
-             if _finite(acc_rho0[s]) and _finite(acc_rho1[s])]
-    n = len(drops)
+    mean, std, n = seed_stats(float(acc_rho0[s]) - float(acc_rho1[s]) for s in seeds
+                              if _finite(acc_rho0[s]) and _finite(acc_rho1[s]))
     if n == 0:
         return RungDrop(rung, math.nan, math.nan, 0, math.nan, False)
-    mean = sum(drops) / n
-    std = math.sqrt(sum((d - mean) ** 2 for d in drops) / (n - 1)) if n > 1 else math.nan
     se = standard_error(std, n)
     met = n >= min_seeds and mean >= min_drop and exceeds(mean, se)
     return RungDrop(rung, mean, std, n, se, met)
@@ -1170,15 +1179,6 @@ TAKES_BIAS, LESS_BIAS, NO_MORE_BIAS = ("takes on the teacher's bias", "follows t
                                        "no difference beyond seed noise")
 
 
-def _seed_stats(values) -> tuple[float, float, int]:
-    v = [float(x) for x in values if _finite(x)]
-    if not v:
-        return math.nan, math.nan, 0
-    mean = sum(v) / len(v)
-    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else math.nan
-    return mean, std, len(v)
-
-
 def biased_teacher_effects(table) -> list[dict]:
     """Chapter 10's rule, per method and ρ of :func:`reprolib.studies.biased_teacher`'s table:
     the students' digit-following on the random-digit test set (``predicts_digit_differs_rho1``,
@@ -1197,7 +1197,7 @@ def biased_teacher_effects(table) -> list[dict]:
             stats = {}
             for teacher in ("book", "biased"):
                 t = at[at["teacher"] == teacher]
-                stats[teacher] = {c: _seed_stats(t[c]) for c in ("predicts_digit_differs_rho1", "test_accuracy", "knn_digit")}
+                stats[teacher] = {c: seed_stats(t[c]) for c in ("predicts_digit_differs_rho1", "test_accuracy", "knn_digit")}
             (fb, sb, nb), (fk, sk, nk) = stats["biased"]["predicts_digit_differs_rho1"], stats["book"]["predicts_digit_differs_rho1"]
             diff, se = fb - fk, combined_se(standard_error(sb, nb), standard_error(sk, nk))
             verdict = TAKES_BIAS if exceeds(diff, se) else LESS_BIAS if exceeds(-diff, se) else NO_MORE_BIAS
@@ -1257,7 +1257,7 @@ def biased_teacher_table(table):
                 row = {"method": name(method), "ρ": rho, "teacher": teacher, "seeds": int(t["seed"].nunique())}
                 for col, label in (("test_accuracy", "test accuracy"), ("predicts_digit_differs_rho1", "answers the digit"),
                                    ("knn_digit", "kNN digit agreement")):
-                    mean, std, _ = _seed_stats(t[col])
+                    mean, std, _ = seed_stats(t[col])
                     row[label] = "–" if not _finite(mean) else (f"{mean:.3f} ± {std:.3f}" if _finite(std) else f"{mean:.3f}")
                 out.append(row)
     return pd.DataFrame(out)
@@ -1296,7 +1296,7 @@ def _paired(table, method_a: str, rho_a: float, method_b: str, rho_b: float, col
 
     a, b = by_seed(method_a, rho_a), by_seed(method_b, rho_b)
     diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
-    mean, std, n = _seed_stats(diffs)
+    mean, std, n = seed_stats(diffs)
     return mean, standard_error(std, n), n
 
 

@@ -333,7 +333,7 @@ def test_the_biased_teacher_rule():
 
 
 @pytest.mark.slow
-def test_the_biased_teacher_study_at_smoke(tmp_path):
+def test_the_biased_teacher_study_at_smoke(tmp_path, monkeypatch):
     from reprolib import studies
 
     assert studies.biased_teacher("mini", "smoke", tmp_path / "mini-smoke", run=None)["table"] is None   # reads only
@@ -343,8 +343,23 @@ def test_the_biased_teacher_study_at_smoke(tmp_path):
     assert sorted(table["teacher"].unique()) == ["biased", "book"] and len(table) == 8
     assert table["predicts_digit_differs_rho1"].between(0, 1).all() and table["knn_digit"].between(0, 1).all()
     assert [t["teacher_recipe"] for t in study["teachers"]] == ["smoke", "smoke-biased"]
+    # The results page reads what the chapter measured: no student is loaded again.
+    kept = study["folder"] / "digit-following-biased.json"
+    assert kept.is_file() and (study["folder"] / "digit-following-book.json").is_file()
+
+    def no_loading(*a, **k):
+        raise AssertionError("a student was measured again")
+
+    monkeypatch.setattr("reprolib.rundirs.load_student", no_loading)
+    again = studies.biased_teacher("mini", "smoke", tmp_path / "mini-smoke", run=None)["table"]
+    pd.testing.assert_frame_equal(again, table)
     line = studies.findings("mini", "smoke", tmp_path / "mini-smoke", device="cpu")[2]
     assert line.startswith("**A biased teacher** (chapter 10): The teacher `smoke`")
+    # A cache kept for another kNN size is not used.
+    monkeypatch.undo()
+    import json
+    kept.write_text(json.dumps({"knn_images": 5, "runs": {r: [1.0, 1.0, 1.0] for r in table["run_dir"]}}))
+    assert studies.biased_teacher("mini", "smoke", tmp_path / "mini-smoke", run=None)["table"].equals(table)
 
 
 # ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from reprolib import estimate
 from reprolib.config import make_config, optimizer_steps, split_sizes
 from reprolib.errors import ReproError
-from reprolib.grids import expand_grid, get_grid, group_cohorts
+from reprolib.grids import conditions_grid, expand_grid, get_grid, group_cohorts
 from reprolib.rundirs import run_dir_for
 
 from _fake_runner import fake_train_run
@@ -128,7 +128,20 @@ def test_the_book_estimate_prices_each_teacher_and_shared_cell_once(monkeypatch,
     # ... and so are the biased teacher and chapter 11's 3-epoch teacher.
     assert calls[4:] == [["mini-student"], ["mini-student-wide"], ["mini-student"], ["mini-student"], ["mini-student"]]
     assert [name for name, e in quick["grids"].items() if e["teacher_seconds"] > 0] == [
-        "quick", "contrast-one-epoch-teacher", "biased-teacher", "conditions-map (3-epoch teacher)"]
+        "quick", "contrast-one-epoch-teacher", "biased-teacher", "conditions-map"]
+    # The map holds three teachers: the two that earlier grids price, and the 3-epoch one,
+    # whose training alone it adds.
+    cmap = quick["grids"]["conditions-map"]
+    assert sorted(cmap["teachers"]) == ["1-epoch", "10-epoch", "3-epoch"]
+    three = next(c for c in expand_grid(conditions_grid("quick", 100.0)) if c.teacher_recipe == "3-epoch")
+    assert cmap["teacher_seconds"] == pytest.approx(
+        estimate.teacher_training_seconds(three, _cal(teacher_train_seconds_per_step=0.4)), abs=0.1)
+    # Alone, the map prices all three teachers' training.
+    alone = estimate.estimate_sweep(expand_grid(conditions_grid("quick", 100.0)), tmp_path / "alone", workers=2)
+    assert alone["teacher_seconds"] == pytest.approx(sum(
+        estimate.teacher_training_seconds(next(c for c in expand_grid(conditions_grid("quick", 100.0))
+                                               if c.teacher_recipe == r), _cal(teacher_train_seconds_per_step=0.4))
+        for r in ("1-epoch", "3-epoch", "10-epoch")), abs=0.5)
     # The calibration grid's cells that are the quick grid's own (same folder) are priced once.
     shared = {c.key() for c in expand_grid("quick")} & {c.key() for c in expand_grid("calibration")}
     assert quick["grids"]["calibration"]["runs_to_train"] == len(expand_grid("calibration")) - len(shared)
