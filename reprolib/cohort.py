@@ -20,7 +20,9 @@ others go on. Hooks are registered once per run. How a cohort computes is one
 :class:`~reprolib.devices.Execution`: its device and threads;
 ``precision="bf16"`` runs teacher and students under bf16 autocast (off by
 default: fp32 gives the reference numbers); on CUDA AdamW is fused;
-``compile=True`` wraps each student in :func:`torch.compile`.
+``compile=True`` wraps each student in :func:`torch.compile`; ``stack`` (by default on
+CUDA only) runs the students of one architecture as one batched forward
+(:class:`StudentStack`), each with its own parameters, optimiser and checkpoint.
 
 The recipe (``book/protocol.md`` §5): AdamW (the config's ``lr``: 10⁻³ as in the
 paper, 10⁻² in the mini world; weight decay 0) over the student's and the method's
@@ -116,6 +118,59 @@ def _extractor(model: torch.nn.Module, paths: Sequence[str]) -> torch.nn.Module:
 
 def _fast(x: torch.Tensor, dev: torch.device) -> torch.Tensor:
     return x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
+class _GlobalMean(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1), keepdim=True)
+
+
+class StudentStack:
+    """Students of one architecture run as one batched forward: :func:`torch.func.vmap` over
+    :func:`torch.func.functional_call` of an FX feature extractor (the architecture's
+    graph with its parameters on the meta device, returning the logits and ``paths``).
+
+    Each step stacks the members' own parameters and buffers (``torch.stack``: the
+    gradients flow back to each member's own leaves, so every member keeps its own
+    student, optimiser and checkpoint, exactly as when it runs alone) and copies the
+    batch-norm buffers the forward updated back into each member. The forward is the
+    separate students' arithmetic in another order (batched convolutions), so it equals
+    them up to rounding, not bitwise (``tests/test_cohort.py`` bounds the difference).
+    """
+
+    def __init__(self, student: torch.nn.Module, paths: Sequence[str]):
+        from torch.func import functional_call
+
+        self.paths = list(paths)
+        template = copy.deepcopy(student)
+        for module in template.modules():
+            module._forward_hooks.clear()          # the copy must not feed a member's captures
+        # vmap has no batching rule for adaptive average pooling (it falls back to a loop over
+        # the members): global pooling becomes the mean it is.
+        for name, module in list(template.named_modules()):
+            if isinstance(module, torch.nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
+                parent = template.get_submodule(name.rpartition(".")[0]) if "." in name else template
+                setattr(parent, name.rpartition(".")[2], _GlobalMean())
+        self.base = _extractor(template, self.paths).to("meta")
+
+        def call(params, buffers, x):
+            return functional_call(self.base, (params, buffers), (x,))
+
+        self._call = call
+
+    def forward(self, students: Sequence[torch.nn.Module], x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{path: [M, ...], _LOGITS: [M, B, K]}`` of the M ``students`` on one batch ``x``."""
+        from torch.func import vmap
+
+        named = [(dict(s.named_parameters()), dict(s.named_buffers())) for s in students]
+        params = {n: torch.stack([p[n] for p, _ in named]) for n in named[0][0]}
+        buffers = {n: torch.stack([b[n] for _, b in named]) for n in named[0][1]}
+        out = vmap(self._call, in_dims=(0, 0, None))(params, buffers, x)
+        with torch.no_grad():          # train-mode batch norm updated the stacked running statistics
+            for i, (_, b) in enumerate(named):
+                for n, t in b.items():
+                    t.copy_(buffers[n][i])
+        return out
 
 
 class _EvalSet:
@@ -250,6 +305,8 @@ class Cohort:
                       m.cfg.student_norm) if m.t_paths else None
             if m.tkey is not None:
                 self.transforms.setdefault(m.tkey, (m.method, m.t_idx))
+        self.stacked = execution.stacks
+        self._stacks: dict[str, StudentStack] = {}
         seed_everything(cfg0.seed)
         self.gen = torch.Generator().manual_seed(cfg0.seed)
         self._precomputed = None
@@ -364,8 +421,26 @@ class Cohort:
             yield (x, y, *self.teacher_outputs(x))
 
     # -- the students --------------------------------------------------------
-    def _member_step(self, m: _Member, x, y, t_logits, targets) -> None:
+    def _member_loss(self, m: _Member, s_logits, raw, y, t_logits, targets) -> torch.Tensor:
+        """A member's loss from its student's logits and hooked layers, with the bookkeeping
+        (loss sums, first bad step) on the device."""
         cfg = m.cfg
+        with self.autocast():
+            kd = methods_module.kd_loss(s_logits.float(), t_logits, cfg.temperature)
+            layer_terms = []
+            if m.s_paths:
+                layer_terms = m.method([f.float() for f in raw], targets[m.tkey])
+            ce = (F.cross_entropy(s_logits.float(), y.to(self.dev)) if cfg.lambda_task > 0 else None)
+        loss, terms = methods_module.loss_terms(kd, layer_terms, cfg.lambda_layer, ce, cfg.lambda_task)
+        # Bookkeeping on the device, no sync: sums in float64 and the first bad step per term.
+        with torch.no_grad():
+            vec = torch.stack([terms[k].float() for k in m.term_names])
+            bad = ~torch.isfinite(vec)
+            m.first_bad = torch.where(bad & (m.first_bad < 0), m.steps, m.first_bad)
+            m.sums += torch.stack([terms["total"], terms["kd"], terms["layer"]]).double()
+        return loss
+
+    def _member_step(self, m: _Member, x, y, t_logits, targets) -> None:
         if m.forward is not None:       # compiled
             with self.autocast():
                 out = m.forward(x)
@@ -378,24 +453,32 @@ class Cohort:
             finally:
                 m.scap.armed = False
             raw = m.scap.get() if m.s_paths else []
-        with self.autocast():
-            kd = methods_module.kd_loss(s_logits.float(), t_logits, cfg.temperature)
-            layer_terms = []
-            if m.s_paths:
-                layer_terms = m.method([f.float() for f in raw], targets[m.tkey])
-            ce = (F.cross_entropy(s_logits.float(), y.to(self.dev)) if cfg.lambda_task > 0 else None)
         m.scap.features = {}
-        loss, terms = methods_module.loss_terms(kd, layer_terms, cfg.lambda_layer, ce, cfg.lambda_task)
-        # Bookkeeping on the device, no sync: sums in float64 and the first bad step per term.
-        with torch.no_grad():
-            vec = torch.stack([terms[k].float() for k in m.term_names])
-            bad = ~torch.isfinite(vec)
-            m.first_bad = torch.where(bad & (m.first_bad < 0), m.steps, m.first_bad)
-            m.sums += torch.stack([terms["total"], terms["kd"], terms["layer"]]).double()
+        loss = self._member_loss(m, s_logits, raw, y, t_logits, targets)
         m.opt.zero_grad(set_to_none=True)
         loss.backward()
         m.opt.step()
         m.steps += 1
+
+    def _stacked_step(self, members: Sequence[_Member], x, y, t_logits, targets) -> None:
+        """One step of ``members`` (one architecture) through their :class:`StudentStack`:
+        one batched forward, each member's own loss, one backward of their sum (each
+        member's parameters get its own loss's gradient only), each member's own
+        optimiser step."""
+        student = members[0].cfg.student
+        if student not in self._stacks:
+            paths = sorted({p for m in self.active if m.cfg.student == student for p in m.s_paths})
+            self._stacks[student] = StudentStack(members[0].student, paths)
+        with self.autocast():
+            out = self._stacks[student].forward([m.student for m in members], x)
+        losses = [self._member_loss(m, out[_LOGITS][i], [out[p][i] for p in m.s_paths], y, t_logits, targets)
+                  for i, m in enumerate(members)]
+        for m in members:
+            m.opt.zero_grad(set_to_none=True)
+        torch.stack(losses).sum().backward()
+        for m in members:
+            m.opt.step()
+            m.steps += 1
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One teacher forward and one optimiser step per active member (``x`` on the device)."""
@@ -403,9 +486,22 @@ class Cohort:
 
     def step_members(self, x: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor, targets: dict,
                      members: Sequence[_Member] | None = None) -> None:
-        """The students' part of :meth:`step`, given the teacher's outputs for ``x``."""
-        for m in (self.active if members is None else members):
-            self._member_step(m, x, y, t_logits, targets)
+        """The students' part of :meth:`step`, given the teacher's outputs for ``x``: each
+        member's own step, or, when the execution stacks (:attr:`Execution.stacks`), one
+        stacked step per architecture shared by several members."""
+        members = self.active if members is None else members
+        if not self.stacked:
+            for m in members:
+                self._member_step(m, x, y, t_logits, targets)
+            return
+        by_student: dict[str, list[_Member]] = {}
+        for m in members:
+            by_student.setdefault(m.cfg.student, []).append(m)
+        for group in by_student.values():
+            if len(group) == 1:
+                self._member_step(group[0], x, y, t_logits, targets)
+            else:
+                self._stacked_step(group, x, y, t_logits, targets)
 
     def train_epoch(self) -> list[dict[str, float] | None]:
         """One epoch for every active member; its mean loss terms (None: failed)."""
@@ -589,6 +685,7 @@ def _write_member(cohort: Cohort, m: _Member, results: dict, teacher_metrics: di
         "optimizer_steps": m.steps,
         "precision": cohort.execution.precision,
         "compile": cohort.execution.compile,
+        "stacked": cohort.stacked,
         # Wall time since the cohort started; with several students it is shared.
         "seconds": time.time() - start,
         "cohort_size": len(cohort.members),

@@ -77,14 +77,18 @@ class Execution:
     replaces it by ``cpu_count // workers``). ``precision``: one of
     :data:`PRECISIONS` (``bf16``: autocast; on the CPU only where it has native
     bf16, :func:`check_cpu_bf16`, since elsewhere it is emulated and slower than fp32). ``compile``: wrap each student in
-    :func:`torch.compile`. A bad value is a :class:`ReproError` naming it and the
-    choices.
+    :func:`torch.compile`. ``stack``: run a cohort's students that share an
+    architecture as one batched forward (:class:`reprolib.cohort.StudentStack`); ``None``
+    (the default) stacks on CUDA when not compiling and never on the CPU, where the
+    separate eager steps are the bitwise reference (:attr:`stacks` is the decision). A bad
+    value is a :class:`ReproError` naming it and the choices.
     """
 
     device: str = "cpu"
     threads: int | None = None
     precision: str = "fp32"
     compile: bool = False
+    stack: bool | None = None
 
     def __post_init__(self):
         check_threads(self.threads)   # None or a positive integer (not a bool)
@@ -92,9 +96,21 @@ class Execution:
             raise ReproError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if not isinstance(self.compile, bool):
             raise ReproError(f"compile={self.compile!r} must be true or false")
+        if self.stack is not None and not isinstance(self.stack, bool):
+            raise ReproError(f"stack={self.stack!r} must be true, false or None (stacked on CUDA only)")
+        if self.stack and self.compile:
+            raise ReproError("stacked students are not compiled: choose stack or compile, not both")
         object.__setattr__(self, "device", resolve_device(self.device))
         if self.precision == "bf16" and self.device == "cpu":
             check_cpu_bf16("--precision bf16 on the CPU")
+
+    @property
+    def stacks(self) -> bool:
+        """Whether a cohort runs its students stacked: ``stack``, or by default on CUDA
+        unless compiling."""
+        if self.stack is not None:
+            return self.stack
+        return self.device.startswith("cuda") and not self.compile
 
     def numerics(self) -> dict[str, Any]:
         """What changes a run's numbers besides its config, as ``sweep.json`` records

@@ -223,7 +223,7 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
             "world_variant": variant_name(grid, world),
             "keys": [c.key() for c in cells], "backend": backend, "workers": workers,
             "threads_per_run": execution.threads, "device": execution.device, "cohort": cohort,
-            "precision": execution.precision, "compile": execution.compile,
+            "precision": execution.precision, "compile": execution.compile, "stacked": execution.stacks,
             "numerics": execution.numerics(),
         })
         for cfg in plan.todo:
@@ -349,6 +349,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="fp32 (default; the reference numbers) or bf16 autocast (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the students")
+    p.add_argument("--stack", action=argparse.BooleanOptionalAction, default=None,
+                   help="run a cohort's students of one architecture as one batched forward, each "
+                        "with its own parameters and optimiser (default: on CUDA when not compiling; "
+                        "never on the CPU, whose separate steps give the reference numbers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--allow-mixed", action="store_true",
                    help="reuse finished runs made with another --threads/--device/--precision "
@@ -442,7 +446,7 @@ def _k_over_d(cfg: RunConfig) -> float | None:
 
 def _cli_sweep(args: argparse.Namespace) -> int:
     execution = Execution(device=args.device, threads=args.threads, precision=args.precision,
-                          compile=args.compile)
+                          compile=args.compile, stack=args.stack)
     if getattr(args, "dry_run", False):   # writes nothing, not even the default folder
         from .io import cache_root
 

@@ -22,7 +22,9 @@
 #    (scripts/gpu_smoke.py: resnet18 -> resnet18-s, one epoch each);
 # 5. a smoke mini-world sweep on the device (python -m reprolib sweep --preset smoke);
 # 6. benchmarks/paper_throughput.py on the device (the authors' configuration
-#    vs ours), its speedup line, and on CUDA the issue's target (>= 4x per student).
+#    vs ours), its speedup line, and on CUDA the issue's target (>= 4x per student);
+# 7. benchmarks/stacked_students.py on the device: one quick cohort's step with its
+#    students stacked and separate (on CUDA the sweep of step 5 already stacks).
 #
 # Every step is timed; the end is a PASS/FAIL table, exit status 0 only when
 # all passed. (Inside the step functions errexit is off, as in any `cmd || ...`
@@ -44,7 +46,7 @@ while [[ $# -gt 0 ]]; do
     --setup-only) SETUP_ONLY=1; shift ;;
     --venv) VENV_KIND="${2:?--venv needs full or minimal}"; shift 2 ;;
     --steps|--students) BENCH_ARGS+=("$1" "${2:?$1 needs a number}"); shift 2 ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1; see scripts/gpu_check.sh --help" >&2; exit 2 ;;
   esac
 done
@@ -249,5 +251,10 @@ if [[ $DEVICE == cuda* && $TINY == 0 && -n $SPEEDUP_LINE ]]; then
   }
   step "speedup >= 4x per student" target
 fi
+
+# --- 7. a cohort's students stacked vs separate ---------------------------------
+STACK_PRESET=quick; [[ $TINY == 1 ]] && STACK_PRESET=smoke
+step "stacked vs separate students" "$PY" benchmarks/stacked_students.py --device "$DEVICE" \
+  --preset "$STACK_PRESET" --teacher-recipe smoke --steps 5 --rounds 3
 
 summary
