@@ -326,11 +326,12 @@ def convergence_table(measured: dict) -> "pd.DataFrame":
 
 
 def _mean_std(values: "pd.Series") -> tuple[float, float]:
-    """:func:`reprolib.verdicts.seed_stats`, with the summary tables' convention of std 0 for one seed or none."""
-    from .verdicts import seed_stats
-
-    mean, std, n = seed_stats(values)
-    return mean, (0.0 if n <= 1 else std)
+    """Mean and std (ddof 1) of a summary table's column, with the tables' convention of std 0
+    for one seed (the verdicts' :func:`reprolib.verdicts.seed_stats` gives NaN there)."""
+    values = values.astype(float)
+    mean = float(values.mean())
+    std = float(values.std(ddof=1)) if values.count() > 1 else 0.0
+    return mean, std
 
 
 RESULTS_COLUMNS_NEEDED = ("method", "rho", "seed", "lambda_layer", "val_accuracy", "test_accuracy",

@@ -160,8 +160,7 @@ def _finite(x) -> bool:
 def seed_stats(values) -> tuple[float, float, int]:
     """Mean, standard deviation (ddof 1) and count of the finite values among ``values`` (one
     per seed); the deviation is NaN for a single value and both are NaN for none. The one
-    seed statistic of the verdicts, the ladder (:mod:`reprolib.precondition`) and the
-    summary tables (:func:`reprolib.results.summarise`)."""
+    seed statistic of the verdicts and the ladder (:mod:`reprolib.precondition`)."""
     v = [float(x) for x in values if _finite(x)]
     if not v:
         return math.nan, math.nan, 0
