@@ -304,8 +304,9 @@ def test_compiled_students_take_the_eager_first_step():
     ONEDNN_MAX_CPU_ISA=AVX512_CORE (`make test` reruns it so). The teacher runs eagerly in
     both cohorts: its outputs are bitwise equal.
     """
-    cfgs = [make_config("mini", "smoke", method=m, contamination_rate=1.0, lambda_layer=1.0, lr=1e-3)
-            for m in ("kd", "subdistill")]
+    # One member (its loss has the KD term and the aligned layers): each member compiles its
+    # own graph, the dearest part of this test, which `make test` runs under three dispatches.
+    cfgs = [make_config("mini", "smoke", method="subdistill", contamination_rate=1.0, lambda_layer=1.0, lr=1e-3)]
     t_c, compiled = _first_step(cfgs, True)
     t_e, eager, ref = _first_step(cfgs, False, reference=True)
     assert torch.equal(t_c, t_e)
