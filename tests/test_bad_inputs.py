@@ -282,6 +282,8 @@ CLI_ROWS = [
     ("sweep-threads-zero", SWEEP + ["--threads", "0", "--out", "{tmp}/sw"], None,
      "threads=0 must be a positive integer"),
     ("sweep-limit-zero", SWEEP + ["--limit", "0", "--out", "{tmp}/sw"], None, "limit=0"),
+    ("sweep-stack-and-compile", SWEEP + ["--stack", "--compile", "--out", "{tmp}/sw"], None,
+     "stacked students are not compiled: choose stack or compile, not both"),
     # explain
     ("explain-no-sweep", EXPLAIN + ["--sweep", "{tmp}/nothing", "--out", "{tmp}/ex"], None, "no results.csv"),
     ("explain-out-is-a-file", EXPLAIN + ["--sweep", "{tmp}/sw", "--out", "{tmp}/afile"],
@@ -470,6 +472,7 @@ API_ROWS = [
     ("sweep-execution-string", None, _sweep_api("sw", execution="cpu"), "must be a reprolib.devices.Execution"),
     ("execution-precision", None, _execution(precision="fp16"), "unknown precision 'fp16'; choose one of fp32, bf16"),
     ("execution-compile-string", None, _execution(compile="no"), "compile='no' must be true or false"),
+    ("execution-stack-string", None, _execution(stack="on"), "stack='on' must be true, false or None"),
     ("explain-out-file", _file, _explain_api_out_file, "exists and is not a folder"),
     ("load-student-crafted", _crafted_run, _load_student, "pickled Python objects"),
     ("teacher-file-crafted", _crafted_pt, _teacher_file, "pickled Python objects"),
