@@ -236,6 +236,7 @@ class _Member:
         self.index, self.cfg, self.out_dir = index, cfg, out_dir
         self.error: str | None = None
         self.steps = 0
+        self.stacked = False        # stepped in a StudentStack (with another member of its architecture)
 
     @property
     def label(self) -> str:
@@ -498,6 +499,8 @@ class Cohort:
         for m in members:
             by_student.setdefault(m.cfg.student, []).append(m)
         for group in by_student.values():
+            for m in group:
+                m.stacked = m.stacked or len(group) > 1
             if len(group) == 1:
                 self._member_step(group[0], x, y, t_logits, targets)
             else:
@@ -685,7 +688,7 @@ def _write_member(cohort: Cohort, m: _Member, results: dict, teacher_metrics: di
         "optimizer_steps": m.steps,
         "precision": cohort.execution.precision,
         "compile": cohort.execution.compile,
-        "stacked": cohort.stacked,
+        "stacked": m.stacked,
         # Wall time since the cohort started; with several students it is shared.
         "seconds": time.time() - start,
         "cohort_size": len(cohort.members),
