@@ -276,7 +276,10 @@ def teacher_training_seconds(cfg: RunConfig, cal: Calibration) -> float:
 
 
 def task_seconds(members: Sequence[RunConfig], cal: Calibration) -> float:
-    """Estimated seconds of one cohort task (``members`` share data, seed and teacher)."""
+    """Estimated seconds of one cohort task (``members`` share data, seed and teacher). Each
+    student's step is priced as it runs alone; a stacked cohort (CUDA's default,
+    :class:`reprolib.cohort.StudentStack`) is priced at its separate steps, which
+    ``benchmarks/stacked_students.py`` compares with the stacked one."""
     if not members:
         return 0.0
     cfg0 = members[0]
