@@ -141,7 +141,6 @@ class StudentStack:
     def __init__(self, student: torch.nn.Module, paths: Sequence[str]):
         from torch.func import functional_call
 
-        self.paths = list(paths)
         template = copy.deepcopy(student)
         for module in template.modules():
             module._forward_hooks.clear()          # the copy must not feed a member's captures
@@ -151,7 +150,7 @@ class StudentStack:
             if isinstance(module, torch.nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
                 parent = template.get_submodule(name.rpartition(".")[0]) if "." in name else template
                 setattr(parent, name.rpartition(".")[2], _GlobalMean())
-        self.base = _extractor(template, self.paths).to("meta")
+        self.base = _extractor(template, list(paths)).to("meta")
 
         def call(params, buffers, x):
             return functional_call(self.base, (params, buffers), (x,))

@@ -323,7 +323,7 @@ def _teacher_id(cfg: RunConfig) -> str:
 
 def estimate_sweep(cells: Sequence[RunConfig], out_dir, execution: Execution | None = None, *,
                    workers: int = 1, split: bool = True, calibration: Calibration | None = None,
-                   steps: int = 5, count_teacher: bool = True, counted_teachers: set[str] | None = None,
+                   steps: int = 5, counted_teachers: set[str] | None = None,
                    reuse: list[Calibration] | None = None) -> dict[str, Any]:
     """The estimated time of what is not yet finished of ``cells`` in ``out_dir``, on
     ``workers`` (each with ``execution.threads``, default ``cpu_count // workers``).
@@ -331,7 +331,7 @@ def estimate_sweep(cells: Sequence[RunConfig], out_dir, execution: Execution | N
     Returns ``{"seconds", "runs_to_train", "runs_finished", "cohorts", "teacher_seconds",
     "teachers", "calibration"}``; ``seconds`` includes training every mini teacher of the
     cells that is not cached (each once; a grid may hold several, as chapter 11's map
-    does) unless ``count_teacher=False`` or the teacher is in ``counted_teachers`` (another
+    does) unless the teacher is in ``counted_teachers`` (another
     grid already counts it; the teachers priced here are added to that set).
     ``calibration``: one measured for these cells (used for every teacher); else each
     teacher's cells are calibrated apart. ``reuse``: a list of earlier calibrations, one of
@@ -379,7 +379,7 @@ def estimate_sweep(cells: Sequence[RunConfig], out_dir, execution: Execution | N
             if reuse is not None:
                 reuse.append(cal)
         cals[tid] = cal
-        if need and count_teacher and tid not in counted:
+        if need and tid not in counted:
             teacher_s += teacher_training_seconds(cfg0, cal)
         counted.add(tid)
     cohorts = group_cohorts(todo)
