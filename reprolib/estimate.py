@@ -345,7 +345,7 @@ def estimate_sweep(cells: Sequence[RunConfig], out_dir, execution: Execution | N
     from .grids import group_cohorts
     from .rundirs import check_run, run_dir_for
     from .schedule import plan_tasks
-    from .teacher import recipe, teacher_dir
+    from .teacher import recipe, teacher_cached
 
     if not isinstance(workers, int) or workers < 1:
         raise ReproError(f"workers={workers!r} must be a positive integer")
@@ -371,8 +371,7 @@ def estimate_sweep(cells: Sequence[RunConfig], out_dir, execution: Execution | N
     teacher_s = 0.0
     for tid, group in by_teacher.items():
         cfg0 = group[0]
-        need = cfg0.teacher == "mini-teacher" and not (
-            teacher_dir(recipe(cfg0.teacher_recipe, cfg0.data.image_size)) / "teacher.pt").is_file()
+        need = cfg0.teacher == "mini-teacher" and not teacher_cached(recipe(cfg0.teacher_recipe, cfg0.data.image_size))
         cal = calibration or next((c for c in (reuse or []) if _covers(c, group, execution, need)), None)
         if cal is None:
             cal = calibrate(group, execution, steps=steps, teacher_training=need)

@@ -66,7 +66,7 @@ if TYPE_CHECKING:  # pandas is imported lazily: `reprolib --help` stays fast
 # Only what this module defines: the grids, tables, run folders and executors it
 # uses are imported from the modules that own them (reprolib.grids, .results,
 # .rundirs, .executors).
-__all__ = ["SweepPlan", "main", "plan_summary", "plan_sweep", "register_cli", "run_sweep",
+__all__ = ["SweepPlan", "main", "plan_summary", "plan_sweep", "prepare_teachers", "register_cli", "run_sweep",
            "variant_name", "with_variant"]
 
 
@@ -242,6 +242,8 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
         estimated = None
         if progress and plan.todo and run_fn is None:
             estimated = _estimate(plan.todo, out_dir, execution, workers, split)
+        if run_fn is None and ray_address is None:
+            prepare_teachers(plan.todo, progress)
         with progress_bar(len(plan.todo), progress, estimated) as bar:
             if backend == "serial":
                 statuses = run_serial(tasks, execution, run_fn, workers, bar, cohort=cohort)
@@ -273,6 +275,32 @@ def run_sweep(grid_name_or_grid: str | SweepGrid, out_dir: str | os.PathLike, *,
                          + "\nfix the cause and rerun the same command; finished runs "
                          "are reused")
     return results
+
+
+def prepare_teachers(todo: list[RunConfig], progress: bool = True) -> list[str]:
+    """Train here, once, every mini teacher that ``todo`` needs and the cache lacks;
+    return the recipes trained.
+
+    Without this, each worker that starts a cohort with an uncached teacher trains it
+    itself: two workers trained the same ``10-epoch-biased`` teacher side by side, each
+    on one thread, about twice as long as one training on both cores. Here it trains
+    on this process's threads (torch's default: every core), as ``reprolib teacher``
+    and notebook 1 do; the workers then load it from the cache. Only for local workers:
+    a Ray cluster's machines may not share this cache, and train what they lack."""
+    import torch
+
+    from .teacher import recipe, teacher_cached, train_mini_teacher
+
+    trained = []
+    for name, size in sorted({(c.teacher_recipe, c.data.image_size) for c in todo
+                              if c.teacher == "mini-teacher" and c.data.world == "mini"}):
+        tcfg = recipe(name, size)
+        if teacher_cached(tcfg):
+            continue
+        _log(f"training the mini teacher {name!r} once, before the runs, on {torch.get_num_threads()} thread(s)")
+        train_mini_teacher(tcfg, progress=progress)
+        trained.append(name)
+    return trained
 
 
 def _estimate(todo: list[RunConfig], out_dir: Path, execution: Execution, workers: int, split: bool) -> float | None:

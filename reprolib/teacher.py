@@ -140,12 +140,18 @@ def teacher_dir(tcfg: TeacherConfig) -> Path:
     return cache_dir("teachers") / f"mini-{tcfg.key()}"
 
 
+def teacher_cached(tcfg: TeacherConfig) -> bool:
+    """Whether the recipe's teacher is in the cache (its manifest, written last, marks it complete)."""
+    folder = teacher_dir(tcfg)
+    return (folder / "teacher.pt").is_file() and (folder / "manifest.json").is_file()
+
+
 def train_mini_teacher(tcfg: TeacherConfig = TeacherConfig(), *, progress: bool = True,
                        force: bool = False) -> tuple[torch.nn.Module, dict]:
     """Train (or load) the mini teacher; return the 10-class model and its manifest."""
     folder = teacher_dir(tcfg)
     ckpt, manifest_path = folder / "teacher.pt", folder / "manifest.json"
-    if not force and ckpt.is_file() and manifest_path.is_file():
+    if not force and teacher_cached(tcfg):
         try:
             model = mini_teacher(10)
             model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))

@@ -578,3 +578,46 @@ def test_each_grid_writes_its_own_tables_and_the_first_keeps_results_csv(tmp_pat
     again = run_sweep(_tiny_grid(), tmp_path, run_fn=fake_train_run, progress=False)
     assert len(again) == len(main)
     assert (tmp_path / "results.csv").read_text() == first["results"]
+
+
+def test_prepare_teachers_trains_each_uncached_mini_teacher_once(monkeypatch, capsys):
+    """Two workers that each meet an uncached teacher used to train it side by side,
+    each on one thread: the sweep trains it once, here, before the runs."""
+    import reprolib.teacher as teacher_module
+
+    cells = expand_grid(_tiny_grid())
+    biased = [c.replace(teacher_recipe="smoke-biased") for c in cells]
+    paper = [c.replace(teacher="resnet18") for c in cells[:1]]   # not a mini teacher: never trained here
+    cached = {teacher_module.recipe("smoke").key()}
+    trained = []
+    monkeypatch.setattr(teacher_module, "teacher_cached", lambda tcfg: tcfg.key() in cached)
+    monkeypatch.setattr(teacher_module, "train_mini_teacher",
+                        lambda tcfg, progress=True: trained.append((tcfg, progress)))
+    assert sweep.prepare_teachers(cells + biased + biased + paper, progress=False) == ["smoke-biased"]
+    assert [(t.key(), p) for t, p in trained] == [(teacher_module.recipe("smoke-biased").key(), False)]
+    assert "training the mini teacher 'smoke-biased' once" in capsys.readouterr().err
+    trained.clear()
+    assert sweep.prepare_teachers(cells, progress=False) == [] and trained == []
+
+
+def test_run_sweep_prepares_teachers_before_dispatch_for_local_workers_only(tmp_path, fake_env, monkeypatch):
+    events = []
+
+    class Dispatched(Exception):
+        pass
+
+    def dispatch(tasks, *args, **kwargs):
+        events.append(("dispatch", len(tasks)))
+        raise Dispatched
+
+    monkeypatch.setattr(sweep, "prepare_teachers", lambda todo, progress: events.append(("prepare", len(todo))))
+    monkeypatch.setattr(sweep, "run_serial", dispatch)
+    monkeypatch.setattr(sweep, "run_ray", dispatch)
+    with pytest.raises(Dispatched):
+        run_sweep(_tiny_grid(), tmp_path / "a", progress=False, workers=2)
+    assert events[0] == ("prepare", len(expand_grid(_tiny_grid()))) and events[1][0] == "dispatch"
+    for kwargs in ({"run_fn": fake_train_run}, {"backend": "ray", "ray_address": "auto"}):
+        events.clear()
+        with pytest.raises(Dispatched):
+            run_sweep(_tiny_grid(), tmp_path / "b", progress=False, **kwargs)
+        assert [e[0] for e in events] == ["dispatch"]
