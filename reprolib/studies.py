@@ -149,7 +149,7 @@ def _knn_digit(model, layer: str, world, n: int) -> float:
 
     x, _y, d = world.tensors("test")
     n = min(n, len(d))
-    f = pooled_features(model, layer, (x[i:i + 256] for i in range(0, n, 256)))
+    f = pooled_features(model, layer, (x[i:min(i + 256, n)] for i in range(0, n, 256)))
     return knn_agreement(f, d[:n].numpy())
 
 

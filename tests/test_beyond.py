@@ -442,3 +442,33 @@ def test_a_failed_memory_process_is_one_clear_error():
         cost.peak_memory(preset="huge", counts=(1,), parallel=2)
     with pytest.raises(ReproError, match="positive integers"):
         cost.peak_memory(preset="smoke", parallel=0)
+
+
+def test_knn_digit_takes_exactly_the_first_n_images_in_chunks_of_256():
+    """Chapter 10 at quick asked for 600 of a larger test set: the last chunk must stop
+    at 600, not run on to 768 (the quick build failed there; smoke sets are smaller
+    than one chunk, so they never showed it)."""
+    import numpy as np
+    import torch
+
+    from reprolib import studies
+    from reprolib.embedding import knn_agreement
+
+    class World:
+        def tensors(self, split):
+            assert split == "test"
+            g = torch.Generator().manual_seed(0)
+            d = torch.arange(700) % 5
+            x = torch.randn(700, 1, 4, 4, generator=g) + d.view(-1, 1, 1, 1).float()   # the digit is in the pixels
+            return x, torch.zeros(700, dtype=torch.long), d
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0), model[0].bias.zero_()
+    for n in (600, 256, 700, 5000):
+        got = studies._knn_digit(model, "0", World(), n)
+        x, _, d = World().tensors("test")
+        m = min(n, 700)
+        expected = knn_agreement(x[:m].mean(dim=(2, 3)).repeat(1, 3).numpy(), d[:m].numpy())
+        assert got == pytest.approx(expected), n
+        assert got > 0.5   # far above chance (0.2): the feature is the digit plus noise
